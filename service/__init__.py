@@ -1,0 +1,1 @@
+"""Leafresh challenge recommender: the service behind the Leafresh chatbot."""

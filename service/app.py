@@ -1,0 +1,75 @@
+"""The application: settings and engine on ``app.state``, routes, and one error mapping."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import Response
+
+from service.contract import MSG_BAD_REQUEST, MSG_INVALID_CHOICE, InvalidInput, ServiceError
+from service.engine import Engine
+from service.logs import RequestIdMiddleware
+from service.routes import error_response, health_router, router
+from service.serving import RecommendationService
+from service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def _validation_error(exc: RequestValidationError) -> InvalidInput:
+    """Framework validation failures in the contract's shape: a field of the wrong type is a
+    value outside the allowed lists; a body that is not a JSON object is a bad request."""
+    fields = []
+    for error in exc.errors():
+        location = [str(part) for part in error.get("loc", ())]
+        if len(location) >= 2 and location[0] in {"body", "query"} and error.get("type") != "json_invalid":
+            fields.append(location[1])
+    if fields:
+        return InvalidInput(MSG_INVALID_CHOICE, data={"invalidFields": sorted(set(fields))}, detail=str(exc.errors()))
+    return InvalidInput(MSG_BAD_REQUEST, detail=str(exc.errors()))
+
+
+def create_app(settings: Settings, engine: Engine) -> FastAPI:
+    """The app around a loaded engine; the app closes the engine when it shuts down."""
+    service = RecommendationService(engine, settings)
+    service.check_context_fits()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        await engine.aclose()
+
+    app = FastAPI(
+        title="Leafresh challenge recommender",
+        version="0.1.0",
+        lifespan=lifespan,
+        description="Streams three Korean eco-friendly challenges over Server-Sent Events (see CONTRACT.md).",
+    )
+    app.state.settings = settings
+    app.state.service = service
+    app.add_middleware(RequestIdMiddleware)
+    app.include_router(router)
+    app.include_router(health_router)
+
+    @app.exception_handler(ServiceError)
+    async def on_service_error(request: Request, exc: ServiceError) -> Response:
+        log = logger.warning if exc.status < 500 else logger.error
+        log("%s %s -> %d %s", request.method, request.url.path, exc.status, exc.detail or exc.message)
+        return error_response(request, exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request: Request, exc: RequestValidationError) -> Response:
+        error = _validation_error(exc)
+        logger.warning("%s %s -> 400 %s", request.method, request.url.path, error.data or error.message)
+        return error_response(request, error)
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request: Request, exc: Exception) -> Response:
+        logger.exception("%s %s -> 500", request.method, request.url.path)
+        return error_response(request, ServiceError())
+
+    return app

@@ -1,0 +1,105 @@
+"""The wire contract (../shared/CONTRACT.md) in one place: bodies, event names, Korean messages
+and the domain errors, each of which knows its status and message.
+
+Every body, success or error, is ``{"status": int, "message": str, "data": ...}``: flat, never
+an error object nested inside ``message``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+# Event names the consumers listen for.
+EVENT_CHALLENGE = "challenge"
+EVENT_ERROR = "error"
+EVENT_CLOSE = "close"
+
+MSG_TOKEN = "토큰 생성"
+MSG_ALL_DONE = "모든 챌린지 추천 완료"
+MSG_BASE_INFO_ANSWER = "사용자 기본 정보 키워드 선택을 기반으로 챌린지를 추천합니다."
+MSG_FREE_TEXT_ANSWER = "사용자 자유 메시지를 기반으로 챌린지를 추천합니다."
+
+MSG_INVALID_CHOICE = "유효하지 않은 선택 항목이 포함되어 있습니다."
+MSG_MESSAGE_REQUIRED = "message는 필수입니다."
+MSG_MESSAGE_TOO_SHORT = "message는 문자열이어야 하며, 최소 5자 이상의 문자열이어야 합니다."
+MSG_BAD_REQUEST = "요청 형식이 올바르지 않습니다. 각 항목을 문자열로 보내 주세요."
+MSG_MODEL_FAILED = "챌린지 추천을 만드는 중 문제가 발생했습니다. 잠시 후 다시 시도해 주세요."
+MSG_INTERNAL = "서버 내부 오류가 발생했습니다. 잠시 후 다시 시도해 주세요."
+MSG_PROMPT_TOO_LONG = "요청이 너무 길어 추천을 만들 수 없습니다. 더 짧게 입력해 주세요."
+
+
+# Spelled exactly as the contract's table has them (the particle follows how each name is read).
+MSG_REQUIRED = {
+    "location": "location은 필수입니다.",
+    "workType": "workType은 필수입니다.",
+    "category": "category는 필수입니다.",
+    "message": MSG_MESSAGE_REQUIRED,
+}
+
+
+def message_too_long(limit: int) -> str:
+    return f"message는 최대 {limit}자까지 입력할 수 있습니다."
+
+
+class Body(BaseModel):
+    """The envelope of every answer and every event."""
+
+    model_config = ConfigDict(frozen=True)
+
+    status: int
+    message: str
+    data: Any = None
+
+    def to_json(self) -> str:
+        # ensure_ascii=False: consumers read Korean as UTF-8, not \\uXXXX escapes.
+        return json.dumps(self.model_dump(mode="json"), ensure_ascii=False, separators=(",", ":"))
+
+
+class ServiceError(Exception):
+    """An error a user can act on: it carries its own status and Korean message."""
+
+    status: int = 500
+    message: str = MSG_INTERNAL
+
+    def __init__(self, message: str | None = None, data: Any = None, *, detail: str = "") -> None:
+        self.message = message or type(self).message
+        self.data = data
+        # For the log only; never sent to the client.
+        self.detail = detail
+        super().__init__(detail or self.message)
+
+    def body(self) -> Body:
+        return Body(status=self.status, message=self.message, data=self.data)
+
+
+class InvalidInput(ServiceError):
+    status = 400
+    message = MSG_BAD_REQUEST
+
+
+class UnprocessableInput(ServiceError):
+    status = 422
+    message = MSG_MESSAGE_TOO_SHORT
+
+
+class ModelFailure(ServiceError):
+    """The model produced no valid answer (never expected: the grammar forbids it)."""
+
+    status = 500
+    message = MSG_MODEL_FAILED
+
+
+class PromptTooLong(ServiceError):
+    status = 422
+    message = MSG_PROMPT_TOO_LONG
+
+
+def token_body(text: str) -> Body:
+    return Body(status=200, message=MSG_TOKEN, data=text)
+
+
+def close_body(answer: dict[str, Any]) -> Body:
+    return Body(status=200, message=MSG_ALL_DONE, data=answer)

@@ -1,0 +1,85 @@
+"""The engine interface: submit a request, read an async stream of text pieces, cancel.
+
+A scheduler that batches many requests (issue #6) replaces the implementation, not this.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Literal, Protocol
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: Literal["system", "user", "assistant"]
+    content: str
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    messages: tuple[ChatMessage, ...]
+    # Name of a grammar the engine compiled at start-up; the output is forced to match it.
+    grammar: str
+    # Upper bound on generated tokens; derive it from the grammar so an answer always fits.
+    max_tokens: int
+    temperature: float = 0.7
+    # Same seed, same prompt, same model: the same answer. None draws a fresh seed.
+    seed: int | None = None
+
+
+class FinishReason(StrEnum):
+    STOP = "stop"  # the grammar was complete and the model ended
+    LENGTH = "length"  # max_tokens ran out first
+    CANCELLED = "cancelled"
+
+
+@dataclass
+class GenerationStats:
+    prompt_tokens: int = 0
+    # Prompt tokens found already evaluated in the KV cache from an earlier request.
+    cached_prompt_tokens: int = 0
+    generated_tokens: int = 0
+    prompt_seconds: float = 0.0
+    decode_seconds: float = 0.0
+    finish_reason: FinishReason | None = None
+    seed: int | None = None
+
+    @property
+    def tokens_per_second(self) -> float:
+        return self.generated_tokens / self.decode_seconds if self.decode_seconds > 0 else 0.0
+
+
+class Generation(Protocol):
+    """One request's output. Iterate it for text pieces: each is whole characters, never half
+    a UTF-8 sequence. Errors surface from the iteration as ServiceError."""
+
+    stats: GenerationStats
+
+    def __aiter__(self) -> AsyncIterator[str]: ...
+
+    async def cancel(self) -> None:
+        """Stop generating (if still running) and release the engine for the next request."""
+        ...
+
+
+@dataclass
+class EngineInfo:
+    model_path: str
+    chat_template: str  # "gguf" or "fallback"
+    system_role: bool
+    context_size: int
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class Engine(Protocol):
+    info: EngineInfo
+
+    def submit(self, request: GenerationRequest) -> Generation: ...
+
+    def count_tokens(self, messages: tuple[ChatMessage, ...]) -> int:
+        """Prompt length in the model's own tokens, as the engine would send it."""
+        ...
+
+    async def aclose(self) -> None: ...

@@ -1,0 +1,84 @@
+"""HTTP routes: parse and check, hand over to the service, stream back. Nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi.responses import JSONResponse, Response
+
+from service.contract import EVENT_CLOSE, EVENT_ERROR, Body, ServiceError
+from service.protocol import BaseInfoBody, decode_twice_encoded, parse_base_info
+from service.serving import RecommendationService
+from service.sse import event_stream
+
+router = APIRouter(prefix="/ai/chatbot/recommendation", tags=["recommendation"])
+health_router = APIRouter(tags=["health"])
+
+
+def get_service(request: Request) -> RecommendationService:
+    service: RecommendationService = request.app.state.service
+    return service
+
+
+ServiceDep = Annotated[RecommendationService, Depends(get_service)]
+
+
+def wants_event_stream(request: Request) -> bool:
+    return "text/event-stream" in request.headers.get("accept", "").lower()
+
+
+async def _error_events(body: Body) -> AsyncGenerator[tuple[str, Body], None]:
+    yield EVENT_ERROR, body
+    yield EVENT_CLOSE, body
+
+
+def error_response(request: Request, error: ServiceError) -> Response:
+    """In-band (200, error + close) for stream readers, so the relay ends the browser's
+    stream and the user sees the Korean message; the HTTP status for everyone else."""
+    if wants_event_stream(request):
+        return event_stream(_error_events(error.body()), request.app.state.settings.ping_interval_s)
+    return JSONResponse(error.body().model_dump(mode="json"), status_code=error.status)
+
+
+def _query(value: str | None) -> str | None:
+    return decode_twice_encoded(value) if value is not None else None
+
+
+@router.get("/base-info", summary="Stream three challenges for a place, a kind of work and a category")
+async def base_info_stream(
+    request: Request,
+    service: ServiceDep,
+    sessionId: Annotated[str | None, Query(max_length=200)] = None,
+    location: str | None = None,
+    workType: str | None = None,
+    category: str | None = None,
+) -> Response:
+    values = {
+        "sessionId": _query(sessionId),
+        "location": _query(location),
+        "workType": _query(workType),
+        "category": _query(category),
+    }
+    checked = parse_base_info(values)
+    return event_stream(service.stream_base_info(checked), service.settings.ping_interval_s)
+
+
+@router.post("/base-info", summary="Three challenges as a stream (Accept: text/event-stream) or one JSON answer")
+async def base_info(request: Request, service: ServiceDep, body: BaseInfoBody) -> Response:
+    checked = parse_base_info(body.model_dump())
+    if wants_event_stream(request):
+        return event_stream(service.stream_base_info(checked), service.settings.ping_interval_s)
+    answer = await service.answer_base_info(checked)
+    return JSONResponse(answer.model_dump(mode="json"))
+
+
+@health_router.get("/health", summary="200 once the model is loaded")
+async def health(service: ServiceDep) -> dict[str, Any]:
+    info = service.engine.info
+    return Body(
+        status=200,
+        message="ok",
+        data={"model": info.model_path, "chatTemplate": info.chat_template, "contextSize": info.context_size},
+    ).model_dump(mode="json")

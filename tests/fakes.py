@@ -1,0 +1,68 @@
+"""A scripted engine behind the real interface, for route and serving tests.
+
+It stands in for the model only where the test is about what the service does with text
+(rendering, errors, framing); end-to-end tests use the real engine and a real model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+from service.contract import ModelFailure
+from service.engine import ChatMessage, GenerationRequest, GenerationStats
+from service.engine.base import EngineInfo, FinishReason
+
+GOOD_OUTPUT = (
+    '{"recommend":"오늘 하루 비건 챌린지!","challenges":['
+    '{"title":"1. 채식 도시락","description":"점심에 채식 도시락을 싸 가요."},'
+    '{"title":"2. 두유 라떼","description":"우유 대신 두유를 골라요."},'
+    '{"title":"3. 고기 없는 날","description":"일주일에 하루 고기 없이 지내요."}]}'
+)
+
+
+class ScriptedGeneration:
+    def __init__(self, engine: ScriptedEngine) -> None:
+        self.stats = GenerationStats()
+        self._engine = engine
+
+    def __aiter__(self) -> AsyncIterator[str]:
+        return self._pieces()
+
+    async def _pieces(self) -> AsyncIterator[str]:
+        output = self._engine.output
+        step = self._engine.piece_size
+        for index, start in enumerate(range(0, len(output), step)):
+            if self._engine.fail_after is not None and index == self._engine.fail_after:
+                raise ModelFailure(detail="scripted failure")
+            await asyncio.sleep(self._engine.delay_s)
+            self.stats.generated_tokens += 1
+            yield output[start : start + step]
+        self.stats.finish_reason = FinishReason.STOP
+
+    async def cancel(self) -> None:
+        self._engine.cancel_calls += 1
+
+
+class ScriptedEngine:
+    def __init__(
+        self, output: str = GOOD_OUTPUT, piece_size: int = 3, fail_after: int | None = None, delay_s: float = 0.0
+    ) -> None:
+        self.output = output
+        self.piece_size = piece_size
+        self.fail_after = fail_after
+        self.delay_s = delay_s
+        self.requests: list[GenerationRequest] = []
+        self.cancel_calls = 0
+        self.closed = False
+        self.info = EngineInfo(model_path="scripted", chat_template="fallback", system_role=True, context_size=8192)
+
+    def submit(self, request: GenerationRequest) -> ScriptedGeneration:
+        self.requests.append(request)
+        return ScriptedGeneration(self)
+
+    def count_tokens(self, messages: tuple[ChatMessage, ...]) -> int:
+        return sum(len(message.content) for message in messages)
+
+    async def aclose(self) -> None:
+        self.closed = True

@@ -1,0 +1,69 @@
+"""The product promises zero malformed answers: 30 hot generations per test model, all valid.
+
+Temperature 1.5 makes the tiny models write nearly at random, which is exactly what tests the
+grammar: whatever the model wants, the output is strict JSON that the schema accepts, it never
+runs out of tokens, and the streamed pieces add up to its rendering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from service.answer import parse_model_output, render
+from service.catalog import CATEGORIES, LOCATIONS, WORK_TYPES
+from service.engine import GenerationRequest
+from service.engine.base import FinishReason
+from service.engine.llama import LlamaConfig, LlamaCppEngine
+from service.grammar import CHALLENGE_GRAMMAR_PATH
+from service.prompts import base_info_messages
+from service.rendering import AnswerRenderer
+from service.serving import CHALLENGE_GRAMMAR, answer_token_budget
+
+RUNS = 30
+TEMPERATURE = 1.5
+
+
+@pytest.fixture(params=["smollm", "gemma"])
+def engine(request: pytest.FixtureRequest) -> Iterator[LlamaCppEngine]:
+    path: Path = request.getfixturevalue(f"{request.param}_path")
+    loaded = LlamaCppEngine(LlamaConfig(path), {CHALLENGE_GRAMMAR: CHALLENGE_GRAMMAR_PATH.read_text(encoding="utf-8")})
+    yield loaded
+    asyncio.run(loaded.aclose())
+
+
+async def generate_all(engine: LlamaCppEngine) -> list[str]:
+    failures: list[str] = []
+    places, works = sorted(set(LOCATIONS.values())), sorted(WORK_TYPES)
+    for seed in range(RUNS):
+        category = CATEGORIES[seed % len(CATEGORIES)]
+        messages = base_info_messages(places[seed % len(places)], works[seed % len(works)], category)
+        request = GenerationRequest(
+            messages=messages,
+            grammar=CHALLENGE_GRAMMAR,
+            max_tokens=answer_token_budget(),
+            temperature=TEMPERATURE,
+            seed=seed,
+        )
+        generation = engine.submit(request)
+        renderer = AnswerRenderer()
+        raw = []
+        async for piece in generation:
+            raw.append(piece)
+            renderer.feed(piece)
+        try:
+            answer = parse_model_output("".join(raw), category)
+            assert generation.stats.finish_reason is FinishReason.STOP
+            assert renderer.text == render(answer)
+        except Exception as exc:  # noqa: BLE001 - count every kind of failure, report them all
+            failures.append(f"seed {seed}: {exc!r}: {''.join(raw)[:300]}")
+    return failures
+
+
+@pytest.mark.slow
+def test_thirty_hot_generations_are_all_valid(engine: LlamaCppEngine) -> None:
+    failures = asyncio.run(generate_all(engine))
+    assert failures == [], f"{len(failures)} of {RUNS} answers failed:\n" + "\n".join(failures)

@@ -1,0 +1,43 @@
+"""Settings: sane defaults, the LEAFRESH_ prefix, and a README that lists every one."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+from pydantic import ValidationError
+
+from service.settings import Settings, describe_settings_error
+from tests.conftest import ROOT
+
+
+def test_defaults_serve_every_interface_on_8000(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HOST", "PORT", "LEAFRESH_HOST", "LEAFRESH_PORT", "LEAFRESH_MODEL_PATH"):
+        monkeypatch.delenv(name, raising=False)
+    settings = Settings(_env_file=None)
+    assert (settings.host, settings.port, settings.model_path) == ("0.0.0.0", 8000, None)
+    assert settings.ping_interval_s <= 15
+
+
+def test_host_and_port_come_from_the_make_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HOST", "127.0.0.1")
+    monkeypatch.setenv("PORT", "9000")
+    monkeypatch.setenv("LEAFRESH_MODEL_PATH", "")
+    settings = Settings(_env_file=None)
+    assert (settings.host, settings.port, settings.model_path) == ("127.0.0.1", 9000, None)
+
+
+def test_bad_values_are_named_as_the_operator_wrote_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LEAFRESH_TEMPERATURE", "9")
+    monkeypatch.setenv("PORT", "0")
+    with pytest.raises(ValidationError) as caught:
+        Settings(_env_file=None)
+    line = describe_settings_error(caught.value)
+    assert "LEAFRESH_TEMPERATURE" in line and "PORT" in line and "\n" not in line
+
+
+def test_readme_lists_every_setting() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    listed = set(re.findall(r"`(LEAFRESH_[A-Z_]+)`", readme))
+    expected = {f"LEAFRESH_{name.upper()}" for name in Settings.model_fields}
+    assert expected <= listed, expected - listed

@@ -1,0 +1,83 @@
+"""Start-up failures are one clear line naming what to fix: never a stack trace."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service.model_files import ModelFileError, check_model_file
+from tests.conftest import ROOT
+
+
+def start(env: dict[str, str], cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "service"],
+        cwd=cwd,
+        env={**os.environ, "PYTHONPATH": str(ROOT), "PORT": "1", **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def one_line(result: subprocess.CompletedProcess[str]) -> str:
+    assert result.returncode == 2, result.stderr
+    output = result.stdout + result.stderr
+    assert "Traceback" not in output
+    # Progress lines (INFO) may come before; the failure itself is exactly one line.
+    problems = [line for line in output.splitlines() if line.strip() and " INFO " not in line]
+    assert len(problems) == 1, problems
+    assert problems[0].startswith("leafresh: ")
+    return problems[0]
+
+
+def test_missing_model_names_the_absolute_path_once_and_the_fix(tmp_path: Path) -> None:
+    line = one_line(start({"LEAFRESH_MODEL_PATH": "models/nope.gguf"}, cwd=tmp_path))
+    expected = str(tmp_path / "models" / "nope.gguf")
+    assert f"모델 파일을 찾을 수 없습니다: {expected} " in line
+    assert line.count("models/nope.gguf") == 1  # no doubled path
+    assert "LEAFRESH_MODEL_PATH" in line
+
+
+def test_a_directory_is_not_a_model(tmp_path: Path) -> None:
+    assert "파일이 아닙니다" in one_line(start({"LEAFRESH_MODEL_PATH": str(tmp_path)}))
+
+
+def test_a_file_that_is_not_gguf_is_named(tmp_path: Path) -> None:
+    path = tmp_path / "model.bin"
+    path.write_bytes(b"PK\x03\x04 safetensors or zip")
+    assert f"GGUF 모델 파일이 아닙니다: {path}" in one_line(start({"LEAFRESH_MODEL_PATH": str(path)}))
+
+
+def test_a_broken_gguf_is_one_line_too(tmp_path: Path) -> None:
+    path = tmp_path / "broken.gguf"
+    path.write_bytes(b"GGUF" + b"\x03\x00\x00\x00" + b"\xff" * 64)
+    line = one_line(start({"LEAFRESH_MODEL_PATH": str(path)}))
+    assert f"모델을 불러오지 못했습니다: {path}" in line
+
+
+def test_an_unreadable_model_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tests run as root in CI, where chmod cannot make a file unreadable: fail the open instead.
+    path = tmp_path / "locked.gguf"
+    path.write_bytes(b"GGUF")
+
+    def refuse(*_: object, **__: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "open", refuse)
+    with pytest.raises(ModelFileError, match=f"모델 파일을 읽을 수 없습니다: {path} \\(Permission denied\\)"):
+        check_model_file(path)
+
+
+def test_a_bad_setting_is_named() -> None:
+    line = one_line(start({"LEAFRESH_TEMPERATURE": "hot"}))
+    assert "LEAFRESH_TEMPERATURE" in line
+
+
+def test_a_context_too_small_for_the_longest_answer_is_refused() -> None:
+    line = one_line(start({"LEAFRESH_CONTEXT_SIZE": "1024"}))
+    assert "LEAFRESH_CONTEXT_SIZE" in line and "이상으로" in line
