@@ -457,6 +457,7 @@ class _LlamaGeneration:
             yield item
 
     async def cancel(self) -> None:
+        # A request still queued for the worker is dropped; a running one stops at its next
+        # token. Nothing here waits for the worker, so a reader that leaves is never held up.
         self._cancelled.set()
-        # Wait until the worker has stopped, so the next request finds the engine free.
-        await asyncio.shield(self._future)
+        self._future.cancel()
