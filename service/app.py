@@ -15,6 +15,7 @@ from service.engine import Engine
 from service.logs import RequestIdMiddleware
 from service.routes import error_response, health_router, router
 from service.serving import RecommendationService
+from service.sessions import MemorySessionStore, SessionStore
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -33,15 +34,22 @@ def _validation_error(exc: RequestValidationError) -> InvalidInput:
     return InvalidInput(MSG_BAD_REQUEST, detail=str(exc.errors()))
 
 
-def create_app(settings: Settings, engine: Engine) -> FastAPI:
-    """The app around a loaded engine; the app closes the engine when it shuts down."""
-    service = RecommendationService(engine, settings)
+def memory_sessions(settings: Settings) -> SessionStore:
+    return MemorySessionStore(settings.max_sessions, settings.max_turns, settings.session_idle_s)
+
+
+def create_app(settings: Settings, engine: Engine, sessions: SessionStore | None = None) -> FastAPI:
+    """The app around a loaded engine and a session store; the app closes both when it
+    shuts down. Without a store, conversations live in this process's memory."""
+    store = sessions if sessions is not None else memory_sessions(settings)
+    service = RecommendationService(engine, settings, store)
     service.check_context_fits()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
         await engine.aclose()
+        await store.aclose()
 
     app = FastAPI(
         title="Leafresh challenge recommender",

@@ -83,6 +83,26 @@ WORK_TYPES: dict[str, str] = {"사무직": "사무직", "현장직": "현장직"
 
 DEFAULT_CATEGORY_CODE = "ZERO_WASTE"
 
+# Free-text words that steer the conversation (CONTRACT.md, Sessions). Matched with spaces
+# removed, so "다른 거" and "다른거" are the same.
+BACK_TO_BASE_WORDS: tuple[str, ...] = ("원래대로", "원래", "처음", "이전", "기존")
+SOMETHING_ELSE_WORDS: tuple[str, ...] = ("아무거나", "다른거", "새로운거", "딴거")
+
+# How a place or kind of work is mentioned in a message, by its label. A place word counts only
+# as a whole word or followed by a particle: "도시락" is not 도시 and "산책" is not 산.
+LOCATION_WORDS: dict[str, tuple[str, ...]] = {
+    "도시": ("도시",),
+    "바닷가": ("바닷가", "해안가", "바다"),
+    "산": ("산",),
+    "농촌": ("농촌", "시골"),
+}
+WORK_TYPE_WORDS: dict[str, tuple[str, ...]] = {
+    "사무직": ("사무직", "회사", "사무실"),
+    "현장직": ("현장직", "현장"),
+    "영업직": ("영업직", "영업"),
+    "재택근무": ("재택근무", "재택", "집에서"),
+}
+
 
 def _category_index() -> dict[str, Category]:
     index: dict[str, Category] = {}

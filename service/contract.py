@@ -28,6 +28,11 @@ MSG_MESSAGE_TOO_SHORT = "message는 문자열이어야 하며, 최소 5자 이�
 MSG_BAD_REQUEST = "요청 형식이 올바르지 않습니다. 각 항목을 문자열로 보내 주세요."
 MSG_MODEL_FAILED = "챌린지 추천을 만드는 중 문제가 발생했습니다. 잠시 후 다시 시도해 주세요."
 MSG_INTERNAL = "서버 내부 오류가 발생했습니다. 잠시 후 다시 시도해 주세요."
+MSG_SESSION_STORE_DOWN = "대화 기록 저장소에 연결할 수 없습니다. 잠시 후 다시 시도해 주세요."
+MSG_GUIDE = (
+    "저는 리프레시 챗봇이에요. 생활 속에서 실천할 수 있는 친환경 챌린지를 추천해 드려요. "
+    "예를 들어 '사무실에서 할 수 있는 제로웨이스트 챌린지 알려줘'처럼 편하게 말씀해 주세요."
+)
 MSG_PROMPT_TOO_LONG = "요청이 너무 길어 추천을 만들 수 없습니다. 더 짧게 입력해 주세요."
 
 
@@ -90,6 +95,11 @@ class ModelFailure(ServiceError):
 
     status = 500
     message = MSG_MODEL_FAILED
+
+
+class StoreUnavailable(ServiceError):
+    status = 503
+    message = MSG_SESSION_STORE_DOWN
 
 
 class PromptTooLong(ServiceError):

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
+
 from service.catalog import Category
 from service.engine import ChatMessage
+from service.sessions import Turn
 
 INSTRUCTIONS = """너는 친환경 생활 챌린지를 추천하는 한국어 도우미 '리프레시'야.
 사용자의 상황에 맞는 구체적인 친환경 챌린지 3개를 추천해.
@@ -24,3 +28,31 @@ def base_info_messages(location: str, work_type: str, category: Category) -> tup
         f"{location}에서 일하는 {work_type}에게 맞는 {category.label} 챌린지 3개를 추천해 줘."
     )
     return (ChatMessage("system", INSTRUCTIONS), ChatMessage("user", request))
+
+
+def _summary(turn: Turn) -> str:
+    """What the model is shown of an earlier answer: its recommend text and titles, in the
+    answer's own JSON shape (descriptions left out to save context)."""
+    return json.dumps(
+        {"recommend": turn.recommend, "challenges": [{"title": title} for title in turn.titles]},
+        ensure_ascii=False,
+        separators=(",", ":"),
+    )
+
+
+def free_text_messages(
+    history: Sequence[Turn], location: str | None, work_type: str | None, category: Category, message: str
+) -> tuple[ChatMessage, ...]:
+    messages = [ChatMessage("system", INSTRUCTIONS)]
+    for turn in history:
+        messages.append(ChatMessage("user", turn.message))
+        messages.append(ChatMessage("assistant", _summary(turn)))
+    request = (
+        f"장소: {location or '정하지 않음'}\n"
+        f"직업 유형: {work_type or '정하지 않음'}\n"
+        f"카테고리: {category.label} ({category.focus})\n"
+        f"사용자 메시지: {message}\n"
+        f"이 메시지와 지금까지의 대화에 맞는 {category.label} 챌린지 3개를 새로 추천해 줘."
+    )
+    messages.append(ChatMessage("user", request))
+    return tuple(messages)

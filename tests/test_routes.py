@@ -15,6 +15,7 @@ from service.app import create_app
 from service.catalog import find_category
 from service.protocol import parse_base_info
 from service.serving import RecommendationService
+from service.sessions import MemorySessionStore
 from service.settings import Settings
 from tests.fakes import GOOD_OUTPUT, ScriptedEngine
 
@@ -194,7 +195,7 @@ def test_request_id_from_the_caller_is_echoed() -> None:
 def test_when_the_reader_leaves_then_the_generation_is_cancelled() -> None:
     async def scenario() -> int:
         engine = ScriptedEngine(delay_s=0.001)
-        service = RecommendationService(engine, Settings())
+        service = RecommendationService(engine, Settings(), MemorySessionStore(10, 10, 60))
         stream = service.stream_base_info(parse_base_info(QUERY))
         assert (await anext(stream))[0] == "challenge"
         await stream.aclose()

@@ -81,3 +81,9 @@ def test_a_bad_setting_is_named() -> None:
 def test_a_context_too_small_for_the_longest_answer_is_refused() -> None:
     line = one_line(start({"LEAFRESH_CONTEXT_SIZE": "1024"}))
     assert "LEAFRESH_CONTEXT_SIZE" in line and "이상으로" in line
+
+
+def test_an_unreachable_session_store_is_one_line_without_its_password() -> None:
+    line = one_line(start({"LEAFRESH_SESSION_URL": "redis://leafresh:s3cret@127.0.0.1:1/0"}))
+    assert "Redis" in line and "LEAFRESH_SESSION_URL" in line
+    assert "s3cret" not in line and "//***@127.0.0.1:1/0" in line

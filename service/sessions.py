@@ -1,0 +1,183 @@
+"""Conversations, behind one small store interface with two implementations.
+
+- ``MemorySessionStore`` (the default): one process; bounded by a number of sessions (least
+  recently used go first), turns per session (oldest go first) and idle time.
+- ``RedisSessionStore`` (``LEAFRESH_SESSION_URL=redis://…``): shared by every replica behind a
+  load balancer, and kept across restarts.
+
+A turn is written only after its answer is complete (a failed or cancelled answer leaves the
+session as it was), in one atomic step that appends the turn and sets the session's current
+category, place and kind of work. Two requests for the same session at once therefore both
+land, in the order they finish, and a reader always sees one consistent state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import OrderedDict
+from typing import Any, Protocol
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.catalog import DEFAULT_CATEGORY_CODE
+
+
+class Turn(BaseModel):
+    """What the model needs to remember of one exchange: the user's words and a short summary
+    of the answer (its recommend text and titles), not the whole answer."""
+
+    model_config = ConfigDict(frozen=True)
+
+    message: str
+    recommend: str
+    titles: list[str] = Field(default_factory=list)
+    category: str
+
+
+class Session(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    base_category: str = DEFAULT_CATEGORY_CODE
+    category: str = DEFAULT_CATEGORY_CODE
+    location: str | None = None
+    work_type: str | None = None
+    turns: list[Turn] = Field(default_factory=list)
+
+
+class SessionUpdate(BaseModel):
+    """Everything one finished turn changes. ``reset`` starts the session again (base-info)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    turn: Turn
+    category: str
+    location: str | None
+    work_type: str | None
+    reset: bool = False
+    base_category: str | None = None
+
+
+class SessionStore(Protocol):
+    async def load(self, session_id: str) -> Session:
+        """The session, or a new one (제로웨이스트, no history) if there is none."""
+        ...
+
+    async def apply(self, session_id: str, update: SessionUpdate) -> None: ...
+
+    async def aclose(self) -> None: ...
+
+
+def _updated(session: Session, update: SessionUpdate, max_turns: int) -> Session:
+    if update.reset:
+        session = Session(base_category=update.base_category or update.category)
+    turns = [*session.turns, update.turn][-max_turns:]
+    return Session(
+        base_category=session.base_category,
+        category=update.category,
+        location=update.location,
+        work_type=update.work_type,
+        turns=turns,
+    )
+
+
+class MemorySessionStore:
+    def __init__(self, max_sessions: int, max_turns: int, idle_ttl_s: float) -> None:
+        self.max_sessions = max_sessions
+        self.max_turns = max_turns
+        self.idle_ttl_s = idle_ttl_s
+        # Least recently used first, so expiry and eviction only ever look at the front.
+        self._sessions: OrderedDict[str, tuple[float, Session]] = OrderedDict()
+        self._lock = asyncio.Lock()
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def _expire(self, now: float) -> None:
+        while self._sessions:
+            session_id, (touched, _) = next(iter(self._sessions.items()))
+            if now - touched < self.idle_ttl_s and len(self._sessions) <= self.max_sessions:
+                return
+            del self._sessions[session_id]
+
+    async def load(self, session_id: str) -> Session:
+        async with self._lock:
+            now = time.monotonic()
+            self._expire(now)
+            found = self._sessions.get(session_id)
+            if found is None:
+                return Session()
+            self._sessions[session_id] = (now, found[1])
+            self._sessions.move_to_end(session_id)
+            return found[1]
+
+    async def apply(self, session_id: str, update: SessionUpdate) -> None:
+        async with self._lock:
+            now = time.monotonic()
+            self._expire(now)
+            current = self._sessions.get(session_id, (now, Session()))[1]
+            self._sessions[session_id] = (now, _updated(current, update, self.max_turns))
+            self._sessions.move_to_end(session_id)
+            self._expire(now)
+
+    async def aclose(self) -> None:
+        self._sessions.clear()
+
+
+class RedisSessionStore:
+    """A hash for the session's fields and a list for its turns, under one key prefix; both
+    expire after the idle time, and every read or write renews them."""
+
+    def __init__(self, url: str, max_turns: int, idle_ttl_s: float, prefix: str = "leafresh:session:") -> None:
+        from redis import asyncio as redis_asyncio
+
+        self._redis: Any = redis_asyncio.from_url(url, decode_responses=True)
+        self.max_turns = max_turns
+        self.idle_ttl_s = max(1, int(idle_ttl_s))
+        self.prefix = prefix
+
+    def _keys(self, session_id: str) -> tuple[str, str]:
+        base = f"{self.prefix}{session_id}"
+        return base, f"{base}:turns"
+
+    async def ping(self) -> None:
+        await self._redis.ping()
+
+    async def load(self, session_id: str) -> Session:
+        fields_key, turns_key = self._keys(session_id)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.hgetall(fields_key)
+            pipe.lrange(turns_key, 0, -1)
+            pipe.expire(fields_key, self.idle_ttl_s)
+            pipe.expire(turns_key, self.idle_ttl_s)
+            fields, turns, _, _ = await pipe.execute()
+        if not fields:
+            return Session()
+        return Session(
+            base_category=fields.get("base_category", DEFAULT_CATEGORY_CODE),
+            category=fields.get("category", DEFAULT_CATEGORY_CODE),
+            location=fields.get("location") or None,
+            work_type=fields.get("work_type") or None,
+            turns=[Turn.model_validate_json(turn) for turn in turns],
+        )
+
+    async def apply(self, session_id: str, update: SessionUpdate) -> None:
+        fields_key, turns_key = self._keys(session_id)
+        fields = {"category": update.category, "location": update.location or "", "work_type": update.work_type or ""}
+        async with self._redis.pipeline(transaction=True) as pipe:
+            if update.reset:
+                pipe.delete(fields_key, turns_key)
+                fields["base_category"] = update.base_category or update.category
+            else:
+                # A session first seen in free-text starts from the default base category.
+                pipe.hsetnx(fields_key, "base_category", DEFAULT_CATEGORY_CODE)
+            pipe.hset(fields_key, mapping=fields)
+            pipe.rpush(turns_key, json.dumps(update.turn.model_dump(), ensure_ascii=False))
+            pipe.ltrim(turns_key, -self.max_turns, -1)
+            pipe.expire(fields_key, self.idle_ttl_s)
+            pipe.expire(turns_key, self.idle_ttl_s)
+            await pipe.execute()
+
+    async def aclose(self) -> None:
+        await self._redis.aclose()

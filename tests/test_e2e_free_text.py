@@ -1,0 +1,98 @@
+"""End to end conversations on the real tiny model: category switching, history trimming,
+and a conversation that survives a restart with the Redis store."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pytest
+from httpx_sse import connect_sse
+
+from service.answer import Answer, render
+from tests.conftest import ROOT, RedisServer, Server, stop_server
+
+BASE = "/ai/chatbot/recommendation"
+SSE = {"Accept": "text/event-stream"}
+TIMEOUT = httpx.Timeout(180.0)
+
+
+def read(server: Server, path: str, params: dict[str, str]) -> dict[str, Any]:
+    """One stream, as the relay reads it; the close answer, after checking the pieces."""
+    with (
+        httpx.Client(timeout=TIMEOUT) as client,
+        connect_sse(client, "GET", f"{server.base_url}{BASE}{path}", params=params, headers=SSE) as source,
+    ):
+        events = [(event.event, json.loads(event.data)) for event in source.iter_sse() if event.data]
+    names = [name for name, _ in events]
+    assert names[-1] == "close" and names.count("close") == 1 and "error" not in names, events[-2:]
+    close: dict[str, Any] = events[-1][1]
+    assert "".join(data["data"] for name, data in events if name == "challenge") == render(
+        Answer.model_validate(close["data"])
+    )
+    return close
+
+
+def category_of(close: dict[str, Any]) -> str:
+    codes = {str(challenge["category"]) for challenge in close["data"]["challenges"]}
+    assert len(codes) == 1
+    return codes.pop()
+
+
+@pytest.fixture(scope="module")
+def server(server_factory: Callable[..., Server]) -> Server:
+    return server_factory("conversation")
+
+
+def test_conversation_switches_category_and_returns_to_the_base(server: Server) -> None:
+    session = "e2e-conversation"
+    base = {"sessionId": session, "location": "도시", "workType": "사무직", "category": "플로깅"}
+    assert category_of(read(server, "/base-info", base)) == "PLOGGING"
+    assert category_of(read(server, "/free-text", {"sessionId": session, "message": "채식 위주로 추천해줘"})) == "VEGAN"
+    assert category_of(read(server, "/free-text", {"sessionId": session, "message": "원래대로 추천해줘"})) == "PLOGGING"
+
+
+def test_history_is_trimmed_to_fit_a_small_context(server_factory: Callable[..., Server]) -> None:
+    # The smallest context the start-up check accepts for 150-character messages (it says how
+    # much it needs): room for the longest message and answer, and only a turn or two besides.
+    limits = {"LEAFRESH_MAX_MESSAGE_CHARS": "150"}
+    refused = subprocess.run(
+        [sys.executable, "-m", "service"],
+        cwd=ROOT,
+        env={**os.environ, **limits, "LEAFRESH_CONTEXT_SIZE": "1024"},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    needed = re.search(r"LEAFRESH_CONTEXT_SIZE를 (\d+) 이상으로", refused.stderr)
+    assert needed, refused.stderr
+    small = server_factory("small-context", LEAFRESH_CONTEXT_SIZE=needed.group(1), **limits)
+    session = "e2e-trim"
+    for n in range(5):
+        message = f"{n + 1}번째 질문이에요. 회사에서 점심시간에 동료들과 함께 할 수 있는 비건 챌린지를 자세히 알려주세요. 고마워요!"
+        close = read(small, "/free-text", {"sessionId": session, "message": message})
+        assert category_of(close) == "VEGAN"
+    used = [(int(a), int(b)) for a, b in re.findall(r"free-text answered: .* history_turns=(\d+)/(\d+)", small.log())]
+    assert [total for _, total in used] == [0, 1, 2, 3, 4]
+    assert used[-1][0] < used[-1][1], used  # the oldest turns were dropped to fit
+
+
+def test_redis_store_keeps_the_conversation_across_a_restart(
+    server_factory: Callable[..., Server], redis_server: RedisServer
+) -> None:
+    session = "e2e-restart"
+    first = server_factory("redis-1", LEAFRESH_SESSION_URL=redis_server.url)
+    base = {"sessionId": session, "location": "바닷가", "workType": "현장직", "category": "비건"}
+    assert category_of(read(first, "/base-info", base)) == "VEGAN"
+    stop_server(first)
+    second = server_factory("redis-2", LEAFRESH_SESSION_URL=redis_server.url)
+    # A fresh session would answer 제로웨이스트; the restarted service remembers 비건.
+    close = read(second, "/free-text", {"sessionId": session, "message": "오늘 할 수 있는 걸로 알려줘"})
+    assert category_of(close) == "VEGAN"
+    assert "history_turns=1/1" in second.log()

@@ -1,0 +1,170 @@
+"""Free-text on a scripted engine: validation, steering, the guide, history and writes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+
+import httpx
+from httpx_sse import aconnect_sse
+
+from service.app import create_app
+from service.contract import MSG_GUIDE
+from service.engine import ChatMessage
+from service.serving import RecommendationService
+from service.sessions import MemorySessionStore
+from service.settings import Settings
+from tests.fakes import GOOD_OUTPUT, ScriptedEngine
+
+SSE = {"Accept": "text/event-stream"}
+BASE = "/ai/chatbot/recommendation"
+
+
+class Conversation:
+    """One app, one store, a client that reads streams as the relay does."""
+
+    def __init__(self, engine: ScriptedEngine | None = None, settings: Settings | None = None) -> None:
+        self.engine = engine or ScriptedEngine()
+        self.settings = settings or Settings()
+        self.store = MemorySessionStore(100, self.settings.max_turns, 3600)
+        self.app = create_app(self.settings, self.engine, self.store)
+
+    async def stream(self, method: str, path: str, **kwargs: Any) -> list[tuple[str, Any]]:
+        transport = httpx.ASGITransport(app=self.app)
+        async with (
+            httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+            aconnect_sse(client, method, f"{BASE}{path}", headers=SSE, **kwargs) as source,
+        ):
+            return [(event.event, json.loads(event.data)) async for event in source.aiter_sse()]
+
+    async def plain(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        transport = httpx.ASGITransport(app=self.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.request(method, f"{BASE}{path}", **kwargs)
+
+    async def say(self, message: str, session: str = "s1") -> dict[str, Any]:
+        events = await self.stream("GET", "/free-text", params={"sessionId": session, "message": message})
+        assert events[-1][0] == "close"
+        data: dict[str, Any] = events[-1][1]
+        return data
+
+
+def categories(close: dict[str, Any]) -> set[str]:
+    return {challenge["category"] for challenge in close["data"]["challenges"]}
+
+
+def test_validation_follows_the_contract_table() -> None:
+    async def scenario() -> None:
+        chat = Conversation()
+        missing = await chat.plain("GET", "/free-text", params={"sessionId": "a"})
+        assert (missing.status_code, missing.json()) == (
+            400,
+            {"status": 400, "message": "message는 필수입니다.", "data": None},
+        )
+        short = await chat.plain("GET", "/free-text", params={"message": "  안녕  "})
+        assert short.status_code == 422
+        assert short.json()["message"] == "message는 문자열이어야 하며, 최소 5자 이상의 문자열이어야 합니다."
+        long = await chat.plain("POST", "/free-text", json={"message": "가" * 501})
+        assert long.status_code == 422 and "500" in long.json()["message"]
+        in_band = await chat.stream("GET", "/free-text", params={"message": "짧아"})
+        assert [name for name, _ in in_band] == ["error", "close"] and in_band[-1][1]["status"] == 422
+
+    asyncio.run(scenario())
+
+
+def test_a_new_session_starts_at_zero_waste_and_follows_the_message() -> None:
+    async def scenario() -> None:
+        chat = Conversation()
+        assert categories(await chat.say("오늘 할 수 있는 거 알려줘")) == {"ZERO_WASTE"}
+        assert categories(await chat.say("채식 위주로 추천해줘")) == {"VEGAN"}
+        assert categories(await chat.say("이번엔 이거로 또 해줘")) == {"VEGAN"}
+        assert categories(await chat.say("원래대로 해줘")) == {"ZERO_WASTE"}
+
+    asyncio.run(scenario())
+
+
+def test_base_info_sets_the_base_category_that_free_text_returns_to() -> None:
+    async def scenario() -> None:
+        chat = Conversation()
+        await chat.stream(
+            "GET",
+            "/base-info",
+            params={"sessionId": "s1", "location": "산", "workType": "현장직", "category": "플로깅"},
+        )
+        assert categories(await chat.say("채식으로 바꿔줘")) == {"VEGAN"}
+        assert categories(await chat.say("처음 거로 다시 추천해줘")) == {"PLOGGING"}
+        session = await chat.store.load("s1")
+        assert (session.location, session.work_type, len(session.turns)) == ("산", "현장직", 3)
+        # The model saw the conversation so far, with the place from base-info.
+        last_prompt = chat.engine.requests[-1].messages
+        assert "채식으로 바꿔줘" in [m.content for m in last_prompt if m.role == "user"]
+        assert "장소: 산" in last_prompt[-1].content
+
+    asyncio.run(scenario())
+
+
+def test_abusive_messages_get_the_guide_without_a_model_call() -> None:
+    async def scenario() -> None:
+        chat = Conversation()
+        events = await chat.stream("GET", "/free-text", params={"message": "야 이 병신아 추천해"})
+        assert [name for name, _ in events] == ["challenge", "close"]
+        assert events[-1][1]["data"] == {"recommend": MSG_GUIDE, "challenges": []}
+        assert events[0][1]["data"] == MSG_GUIDE
+        assert chat.engine.requests == []
+        response = await chat.plain("POST", "/free-text", json={"message": "꺼져 진짜 꺼져"})
+        assert response.json()["data"]["challenges"] == []
+
+    asyncio.run(scenario())
+
+
+def test_a_failed_answer_leaves_the_session_as_it_was() -> None:
+    async def scenario() -> None:
+        chat = Conversation()
+        await chat.say("채식 위주로 추천해줘")
+        chat.engine.fail_after = 3
+        failed = await chat.stream("GET", "/free-text", params={"sessionId": "s1", "message": "운동으로 바꿔줘"})
+        assert [name for name, _ in failed[-2:]] == ["error", "close"]
+        session = await chat.store.load("s1")
+        assert (session.category, len(session.turns)) == ("VEGAN", 1)
+
+    asyncio.run(scenario())
+
+
+def test_post_free_text_returns_one_json_answer() -> None:
+    async def scenario() -> None:
+        chat = Conversation()
+        response = await chat.plain("POST", "/free-text", json={"sessionId": "p", "message": "비건 챌린지 알려줘"})
+        body = response.json()
+        assert body["message"] == "사용자 자유 메시지를 기반으로 챌린지를 추천합니다."
+        assert {c["category"] for c in body["data"]["challenges"]} == {"VEGAN"}
+
+    asyncio.run(scenario())
+
+
+class CharCountingEngine(ScriptedEngine):
+    """Counts one token per character, with a small context: history must be trimmed."""
+
+    def __init__(self) -> None:
+        super().__init__(GOOD_OUTPUT)
+        self.info.context_size = 6000
+
+    def count_tokens(self, messages: tuple[ChatMessage, ...]) -> int:
+        return sum(len(message.content) for message in messages)
+
+
+def test_history_keeps_the_newest_turns_that_fit() -> None:
+    async def scenario() -> None:
+        engine = CharCountingEngine()
+        chat = Conversation(engine, Settings(max_message_chars=500))
+        for n in range(12):
+            await chat.say(f"{n}번째 메시지 " + "가" * 450)
+        prompt = engine.requests[-1].messages
+        budget = engine.info.context_size - RecommendationService(engine, chat.settings, chat.store).max_tokens
+        assert engine.count_tokens(prompt) <= budget
+        users = [m.content for m in prompt[1:-1] if m.role == "user"]
+        assert 0 < len(users) < 11
+        assert users[-1].startswith("10번째")  # the newest earlier turn is kept, the oldest dropped
+        assert not any(u.startswith("0번째") for u in users)
+
+    asyncio.run(scenario())

@@ -1,0 +1,136 @@
+"""Session stores: bounds, expiry, atomic turns, and the same behaviour on Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from service.sessions import MemorySessionStore, RedisSessionStore, SessionStore, SessionUpdate, Turn
+from tests.conftest import RedisServer
+
+
+def run(coro: Awaitable[Any]) -> Any:
+    return asyncio.run(coro)  # type: ignore[arg-type]
+
+
+def update(n: int, category: str = "VEGAN", reset: bool = False) -> SessionUpdate:
+    return SessionUpdate(
+        turn=Turn(message=f"메시지 {n}", recommend=f"추천 {n}", titles=[f"1. 제목 {n}"], category=category),
+        category=category,
+        location="도시",
+        work_type="사무직",
+        reset=reset,
+        base_category=category if reset else None,
+    )
+
+
+StoreFactory = Callable[[], SessionStore]
+
+
+@pytest.fixture(params=["memory", "redis"])
+def make_store(request: pytest.FixtureRequest) -> StoreFactory:
+    if request.param == "memory":
+        return lambda: MemorySessionStore(max_sessions=100, max_turns=3, idle_ttl_s=3600)
+    redis: RedisServer = request.getfixturevalue("redis_server")
+    prefix = f"test:{uuid.uuid4().hex}:"
+    return lambda: RedisSessionStore(redis.url, max_turns=3, idle_ttl_s=3600, prefix=prefix)
+
+
+def test_an_unknown_session_starts_at_zero_waste(make_store: StoreFactory) -> None:
+    async def scenario() -> None:
+        store = make_store()
+        session = await store.load("new")
+        assert (session.category, session.base_category, session.turns) == ("ZERO_WASTE", "ZERO_WASTE", [])
+        await store.aclose()
+
+    run(scenario())
+
+
+def test_turns_are_kept_newest_last_and_bounded(make_store: StoreFactory) -> None:
+    async def scenario() -> None:
+        store = make_store()
+        await store.apply("s", update(0, "PLOGGING", reset=True))
+        for n in range(1, 5):
+            await store.apply("s", update(n))
+        session = await store.load("s")
+        assert [turn.message for turn in session.turns] == ["메시지 2", "메시지 3", "메시지 4"]
+        assert (session.base_category, session.category, session.location) == ("PLOGGING", "VEGAN", "도시")
+        await store.aclose()
+
+    run(scenario())
+
+
+def test_base_info_resets_the_conversation(make_store: StoreFactory) -> None:
+    async def scenario() -> None:
+        store = make_store()
+        await store.apply("s", update(1))
+        await store.apply("s", update(2, "MEDIA", reset=True))
+        session = await store.load("s")
+        assert [turn.message for turn in session.turns] == ["메시지 2"]
+        assert session.base_category == "MEDIA"
+        await store.aclose()
+
+    run(scenario())
+
+
+def test_concurrent_turns_for_one_session_are_all_kept(make_store: StoreFactory) -> None:
+    async def scenario() -> None:
+        store = make_store()
+        await store.apply("s", update(0, reset=True))
+        await asyncio.gather(store.apply("s", update(1)), store.apply("s", update(2)))
+        session = await store.load("s")
+        assert sorted(turn.message for turn in session.turns) == ["메시지 0", "메시지 1", "메시지 2"]
+        await store.aclose()
+
+    run(scenario())
+
+
+def test_memory_store_forgets_idle_sessions_and_the_least_recently_used() -> None:
+    async def scenario() -> None:
+        store = MemorySessionStore(max_sessions=2, max_turns=5, idle_ttl_s=0.05)
+        await store.apply("a", update(1))
+        await asyncio.sleep(0.1)
+        assert (await store.load("a")).turns == []
+        assert len(store) == 0
+        store.idle_ttl_s = 3600
+        for name in ("a", "b"):
+            await store.apply(name, update(1))
+        await store.load("a")  # a is now more recent than b
+        await store.apply("c", update(1))
+        assert len(store) == 2
+        assert (await store.load("b")).turns == []
+        assert (await store.load("a")).turns != []
+
+    run(scenario())
+
+
+def test_redis_sessions_expire_after_the_idle_time(redis_server: RedisServer) -> None:
+    async def scenario() -> None:
+        store = RedisSessionStore(redis_server.url, max_turns=3, idle_ttl_s=1, prefix=f"ttl:{uuid.uuid4().hex}:")
+        await store.apply("s", update(1))
+        assert (await store.load("s")).turns
+        await asyncio.sleep(2.2)
+        assert (await store.load("s")).turns == []
+        await store.aclose()
+
+    run(scenario())
+
+
+def test_redis_sessions_survive_a_new_store_instance(redis_server: RedisServer) -> None:
+    # What a restarted or second replica sees.
+    prefix = f"shared:{uuid.uuid4().hex}:"
+
+    async def scenario() -> None:
+        first = RedisSessionStore(redis_server.url, max_turns=3, idle_ttl_s=60, prefix=prefix)
+        await first.apply("s", update(1, "VEGAN", reset=True))
+        await first.aclose()
+        second = RedisSessionStore(redis_server.url, max_turns=3, idle_ttl_s=60, prefix=prefix)
+        session = await second.load("s")
+        assert [turn.message for turn in session.turns] == ["메시지 1"] and session.category == "VEGAN"
+        await second.aclose()
+
+    run(scenario())
