@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import signal
 import sys
 
 import uvicorn
@@ -73,7 +74,19 @@ def main() -> int:
         sys.stderr.write(f"leafresh: {exc}\n")
         return 2
     logger.info("serving on http://%s:%d", settings.host, settings.port)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_config=None, access_log=False)
+    # uvicorn drains on SIGTERM, then re-raises the signal to the handler it found: with this
+    # one, a drained shutdown ends with exit status 0 instead of "killed by SIGTERM".
+    signal.signal(signal.SIGTERM, lambda *_: None)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        access_log=False,
+        # Streams get shutdown_grace_s to end with error + close; a little more to flush them.
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
+    )
+    logger.info("stopped")
     return 0
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -9,10 +11,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.contract import MSG_BAD_REQUEST, MSG_INVALID_CHOICE, InvalidInput, ServiceError
+from service.contract import HTTP_MESSAGES, MSG_BAD_REQUEST, MSG_INVALID_CHOICE, InvalidInput, ServiceError
 from service.engine import Engine
 from service.logs import RequestIdMiddleware
+from service.metrics import Metrics
 from service.routes import error_response, health_router, router
 from service.serving import RecommendationService
 from service.sessions import MemorySessionStore, SessionStore
@@ -30,8 +34,26 @@ def _validation_error(exc: RequestValidationError) -> InvalidInput:
         if len(location) >= 2 and location[0] in {"body", "query"} and error.get("type") != "json_invalid":
             fields.append(location[1])
     if fields:
-        return InvalidInput(MSG_INVALID_CHOICE, data={"invalidFields": sorted(set(fields))}, detail=str(exc.errors()))
-    return InvalidInput(MSG_BAD_REQUEST, detail=str(exc.errors()))
+        return InvalidInput(MSG_INVALID_CHOICE, data={"invalidFields": sorted(set(fields))}, detail=_error_summary(exc))
+    return InvalidInput(MSG_BAD_REQUEST, detail=_error_summary(exc))
+
+
+def _error_summary(exc: RequestValidationError) -> str:
+    return ", ".join(
+        f"{'.'.join(str(part) for part in error.get('loc', ()))}:{error.get('type')}" for error in exc.errors()
+    )
+
+
+async def _warm_up(service: RecommendationService, ready: asyncio.Event) -> None:
+    """Evaluate the shared instructions once, so the first user does not pay for them; then
+    /ready says 200. A warm-up failure is logged and the service still becomes ready."""
+    try:
+        await service.warm_up()
+    except asyncio.CancelledError:
+        raise
+    except Exception:
+        logger.exception("warm-up failed; serving anyway")
+    ready.set()
 
 
 def memory_sessions(settings: Settings) -> SessionStore:
@@ -42,12 +64,17 @@ def create_app(settings: Settings, engine: Engine, sessions: SessionStore | None
     """The app around a loaded engine and a session store; the app closes both when it
     shuts down. Without a store, conversations live in this process's memory."""
     store = sessions if sessions is not None else memory_sessions(settings)
-    service = RecommendationService(engine, settings, store)
+    metrics = Metrics()
+    service = RecommendationService(engine, settings, store, metrics)
     service.check_context_fits()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        warm_up = asyncio.create_task(_warm_up(service, app.state.ready))
         yield
+        warm_up.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await warm_up
         await engine.aclose()
         await store.aclose()
 
@@ -59,6 +86,8 @@ def create_app(settings: Settings, engine: Engine, sessions: SessionStore | None
     )
     app.state.settings = settings
     app.state.service = service
+    app.state.metrics = metrics
+    app.state.ready = asyncio.Event()
     app.add_middleware(RequestIdMiddleware)
     app.include_router(router)
     app.include_router(health_router)
@@ -72,7 +101,18 @@ def create_app(settings: Settings, engine: Engine, sessions: SessionStore | None
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError) -> Response:
         error = _validation_error(exc)
-        logger.warning("%s %s -> 400 %s", request.method, request.url.path, error.data or error.message)
+        # Field names and error types only: the values are user input and are never logged.
+        logger.warning("%s %s -> 400 %s", request.method, request.url.path, _error_summary(exc))
+        return error_response(request, error)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def on_http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        # The framework's own errors (unknown path, wrong method, unreadable body) in our shape.
+        error = ServiceError(HTTP_MESSAGES.get(exc.status_code, MSG_BAD_REQUEST), detail=str(exc.detail))
+        error.status = exc.status_code
+        if exc.headers:
+            error.headers.update(exc.headers)
+        logger.warning("%s %s -> %d %s", request.method, request.url.path, exc.status_code, exc.detail)
         return error_response(request, error)
 
     @app.exception_handler(Exception)

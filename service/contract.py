@@ -33,6 +33,18 @@ MSG_GUIDE = (
     "저는 리프레시 챗봇이에요. 생활 속에서 실천할 수 있는 친환경 챌린지를 추천해 드려요. "
     "예를 들어 '사무실에서 할 수 있는 제로웨이스트 챌린지 알려줘'처럼 편하게 말씀해 주세요."
 )
+MSG_OVERLOADED = "지금 요청이 많아 추천을 만들 수 없습니다. 잠시 후 다시 시도해 주세요."
+MSG_DEADLINE = "추천을 만드는 데 시간이 너무 오래 걸려 중단했습니다. 잠시 후 다시 시도해 주세요."
+MSG_SHUTTING_DOWN = "서버가 재시작 중입니다. 잠시 후 다시 시도해 주세요."
+MSG_NOT_READY = "서버가 아직 준비 중입니다. 잠시 후 다시 시도해 주세요."
+# The framework's own errors, in Korean.
+HTTP_MESSAGES = {
+    400: MSG_BAD_REQUEST,
+    404: "요청한 주소를 찾을 수 없습니다.",
+    405: "이 주소에서 지원하지 않는 요청 방식입니다.",
+    413: "요청 본문이 너무 큽니다.",
+    415: "지원하지 않는 요청 형식입니다. JSON으로 보내 주세요.",
+}
 MSG_PROMPT_TOO_LONG = "요청이 너무 길어 추천을 만들 수 없습니다. 더 짧게 입력해 주세요."
 
 
@@ -69,9 +81,13 @@ class ServiceError(Exception):
     status: int = 500
     message: str = MSG_INTERNAL
 
-    def __init__(self, message: str | None = None, data: Any = None, *, detail: str = "") -> None:
+    def __init__(
+        self, message: str | None = None, data: Any = None, *, detail: str = "", headers: dict[str, str] | None = None
+    ) -> None:
         self.message = message or type(self).message
         self.data = data
+        # Extra response headers (Retry-After on 503).
+        self.headers = headers or {}
         # For the log only; never sent to the client.
         self.detail = detail
         super().__init__(detail or self.message)
@@ -100,6 +116,31 @@ class ModelFailure(ServiceError):
 class StoreUnavailable(ServiceError):
     status = 503
     message = MSG_SESSION_STORE_DOWN
+
+
+class Overloaded(ServiceError):
+    status = 503
+    message = MSG_OVERLOADED
+
+
+class QueueTimeout(ServiceError):
+    status = 503
+    message = MSG_OVERLOADED
+
+
+class DeadlineExceeded(ServiceError):
+    status = 504
+    message = MSG_DEADLINE
+
+
+class ShuttingDown(ServiceError):
+    status = 503
+    message = MSG_SHUTTING_DOWN
+
+
+class NotReady(ServiceError):
+    status = 503
+    message = MSG_NOT_READY
 
 
 class PromptTooLong(ServiceError):

@@ -15,6 +15,15 @@ from time import perf_counter
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 request_id_var: ContextVar[str] = ContextVar("request_id", default="-")
+# Filled by the serving layer (tokens, first piece), written in the request's one access line.
+_request_stats_var: ContextVar[dict[str, object] | None] = ContextVar("request_stats", default=None)
+
+
+def request_stats() -> dict[str, object]:
+    stats = _request_stats_var.get()
+    return stats if stats is not None else {}
+
+
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 access_logger = logging.getLogger("service.access")
 
@@ -49,6 +58,8 @@ class RequestIdMiddleware:
         incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
         request_id = incoming if _VALID_ID.match(incoming) else uuid.uuid4().hex[:16]
         token = request_id_var.set(request_id)
+        stats: dict[str, object] = {}
+        stats_token = _request_stats_var.set(stats)
         started = perf_counter()
         status = 0
 
@@ -63,11 +74,23 @@ class RequestIdMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            route = getattr(scope.get("route"), "path", "unmatched")
+            extra = "".join(f" {key}={_short(value)}" for key, value in stats.items() if value is not None)
             access_logger.info(
-                "%s %s status=%d duration_s=%.3f",
+                "%s %s route=%s status=%d duration_s=%.3f%s",
                 scope["method"],
                 scope["path"],
+                route,
                 status,
                 perf_counter() - started,
+                extra,
             )
+            metrics = getattr(getattr(scope.get("app"), "state", None), "metrics", None)
+            if metrics is not None:
+                metrics.requests.labels(route=route, status=str(status)).inc()
+            _request_stats_var.reset(stats_token)
             request_id_var.reset(token)
+
+
+def _short(value: object) -> str:
+    return f"{value:.3f}" if isinstance(value, float) else str(value)

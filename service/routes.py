@@ -6,9 +6,10 @@ from collections.abc import AsyncGenerator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
-from service.contract import EVENT_CLOSE, EVENT_ERROR, Body, ServiceError
+from service.contract import EVENT_CLOSE, EVENT_ERROR, Body, NotReady, ServiceError
+from service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from service.protocol import BaseInfoBody, FreeTextBody, decode_twice_encoded, parse_base_info, parse_free_text
 from service.serving import RecommendationService
 from service.sse import event_stream
@@ -37,9 +38,14 @@ async def _error_events(body: Body) -> AsyncGenerator[tuple[str, Body], None]:
 def error_response(request: Request, error: ServiceError) -> Response:
     """In-band (200, error + close) for stream readers, so the relay ends the browser's
     stream and the user sees the Korean message; the HTTP status for everyone else."""
+    if 400 <= error.status < 500:
+        request.app.state.metrics.validation_failures.labels(status=str(error.status)).inc()
     if wants_event_stream(request):
-        return event_stream(_error_events(error.body()), request.app.state.settings.ping_interval_s)
-    return JSONResponse(error.body().model_dump(mode="json"), status_code=error.status)
+        response: Response = event_stream(_error_events(error.body()), request.app.state.settings)
+    else:
+        response = JSONResponse(error.body().model_dump(mode="json"), status_code=error.status)
+    response.headers.update(error.headers)
+    return response
 
 
 def _query(value: str | None) -> str | None:
@@ -62,14 +68,14 @@ async def base_info_stream(
         "category": _query(category),
     }
     checked = parse_base_info(values)
-    return event_stream(service.stream_base_info(checked), service.settings.ping_interval_s)
+    return event_stream(service.stream_base_info(checked), service.settings)
 
 
 @router.post("/base-info", summary="Three challenges as a stream (Accept: text/event-stream) or one JSON answer")
 async def base_info(request: Request, service: ServiceDep, body: BaseInfoBody) -> Response:
     checked = parse_base_info(body.model_dump())
     if wants_event_stream(request):
-        return event_stream(service.stream_base_info(checked), service.settings.ping_interval_s)
+        return event_stream(service.stream_base_info(checked), service.settings)
     answer = await service.answer_base_info(checked)
     return JSONResponse(answer.model_dump(mode="json"))
 
@@ -84,19 +90,19 @@ async def free_text_stream(
     checked = parse_free_text(
         {"sessionId": _query(sessionId), "message": _query(message)}, service.settings.max_message_chars
     )
-    return event_stream(service.stream_free_text(checked), service.settings.ping_interval_s)
+    return event_stream(service.stream_free_text(checked), service.settings)
 
 
 @router.post("/free-text", summary="Free-text challenges as a stream (Accept: text/event-stream) or one JSON answer")
 async def free_text(request: Request, service: ServiceDep, body: FreeTextBody) -> Response:
     checked = parse_free_text(body.model_dump(), service.settings.max_message_chars)
     if wants_event_stream(request):
-        return event_stream(service.stream_free_text(checked), service.settings.ping_interval_s)
+        return event_stream(service.stream_free_text(checked), service.settings)
     answer = await service.answer_free_text(checked)
     return JSONResponse(answer.model_dump(mode="json"))
 
 
-@health_router.get("/health", summary="200 once the model is loaded")
+@health_router.get("/health", summary="Alive: 200 while the process serves (the model is loaded before it does)")
 async def health(service: ServiceDep) -> dict[str, Any]:
     info = service.engine.info
     return Body(
@@ -104,3 +110,15 @@ async def health(service: ServiceDep) -> dict[str, Any]:
         message="ok",
         data={"model": info.model_path, "chatTemplate": info.chat_template, "contextSize": info.context_size},
     ).model_dump(mode="json")
+
+
+@health_router.get("/ready", summary="Ready: 503 until the model is loaded and warm, then 200")
+async def ready(request: Request) -> JSONResponse:
+    if not request.app.state.ready.is_set():
+        return JSONResponse(NotReady().body().model_dump(mode="json"), status_code=503, headers={"Retry-After": "1"})
+    return JSONResponse(Body(status=200, message="ready").model_dump(mode="json"))
+
+
+@health_router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+async def metrics(request: Request) -> Response:
+    return Response(request.app.state.metrics.render(), media_type=METRICS_CONTENT_TYPE)

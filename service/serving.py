@@ -6,6 +6,7 @@ answer, keeps the conversation and decides what the consumers see. It never impo
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import re
@@ -14,6 +15,7 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from time import perf_counter
 
+from service.admission import Admission
 from service.answer import Answer, check_schema_loads, parse_model_output, render
 from service.catalog import CATEGORIES, LOCATIONS, WORK_TYPES, Category
 from service.contract import (
@@ -24,6 +26,7 @@ from service.contract import (
     MSG_FREE_TEXT_ANSWER,
     MSG_GUIDE,
     Body,
+    DeadlineExceeded,
     ModelFailure,
     PromptTooLong,
     ServiceError,
@@ -32,8 +35,10 @@ from service.contract import (
     token_body,
 )
 from service.conversation import steer
-from service.engine import ChatMessage, Engine, GenerationRequest
+from service.engine import ChatMessage, Engine, FinishReason, GenerationRequest
 from service.grammar import load_challenge_grammar
+from service.logs import request_stats
+from service.metrics import Metrics
 from service.prompts import base_info_messages, free_text_messages
 from service.protocol import BaseInfoRequest, FreeTextRequest
 from service.rendering import AnswerRenderer
@@ -80,10 +85,21 @@ class _Job:
 
 
 class RecommendationService:
-    def __init__(self, engine: Engine, settings: Settings, sessions: SessionStore) -> None:
+    def __init__(
+        self, engine: Engine, settings: Settings, sessions: SessionStore, metrics: Metrics | None = None
+    ) -> None:
         self.engine = engine
         self.settings = settings
         self.sessions = sessions
+        self.metrics = metrics or Metrics()
+        # One generation at a time for now: the engine decodes one sequence (issue #6 batches).
+        self.admission = Admission(
+            slots=1,
+            max_queue=settings.max_queue,
+            queue_timeout_s=settings.queue_timeout_s,
+            retry_after_s=settings.retry_after_s,
+            metrics=self.metrics,
+        )
         self.max_tokens = answer_token_budget()
         self._prompt_budget = engine.info.context_size - self.max_tokens
         check_schema_loads()
@@ -112,6 +128,15 @@ class RecommendationService:
                 f"합쳐 {needed} 토큰이 필요합니다 — LEAFRESH_CONTEXT_SIZE를 {needed} 이상으로 지정하세요"
             )
 
+    async def warm_up(self) -> None:
+        """One token of a real base-info prompt: loads the instructions into the KV cache."""
+        category = CATEGORIES[0]
+        messages = base_info_messages("도시", "사무직", category)
+        request = GenerationRequest(messages=messages, grammar=CHALLENGE_GRAMMAR, max_tokens=1, temperature=0.0)
+        generation = self.engine.submit(request)
+        async for _ in generation:
+            pass
+
     # -- base-info ---------------------------------------------------------------------------
 
     def _base_info_job(self, request: BaseInfoRequest) -> _Job:
@@ -138,9 +163,11 @@ class RecommendationService:
         return _Job(messages, request.category, "base-info", on_answer)
 
     def stream_base_info(self, request: BaseInfoRequest) -> AsyncGenerator[Event, None]:
+        self.admission.check()
         return self._stream(self._base_info_job(request))
 
     async def answer_base_info(self, request: BaseInfoRequest) -> Body:
+        self.admission.check()
         answer = await self._answer(self._base_info_job(request))
         return Body(status=200, message=MSG_BASE_INFO_ANSWER, data=answer.to_data())
 
@@ -192,7 +219,12 @@ class RecommendationService:
                 return messages, keep
         raise PromptTooLong(detail="the message alone does not fit the context")
 
-    async def stream_free_text(self, request: FreeTextRequest) -> AsyncGenerator[Event, None]:
+    def stream_free_text(self, request: FreeTextRequest) -> AsyncGenerator[Event, None]:
+        if not self._is_blocked(request.message):
+            self.admission.check()
+        return self._free_text_events(request)
+
+    async def _free_text_events(self, request: FreeTextRequest) -> AsyncGenerator[Event, None]:
         try:
             if self._is_blocked(request.message):
                 logger.info("free-text: blocked words, answered with the guide")
@@ -214,6 +246,7 @@ class RecommendationService:
         if self._is_blocked(request.message):
             answer = GUIDE_ANSWER
         else:
+            self.admission.check()
             answer = await self._answer(await self._free_text_job(request))
         return Body(status=200, message=MSG_FREE_TEXT_ANSWER, data=answer.to_data())
 
@@ -232,15 +265,24 @@ class RecommendationService:
             max_tokens=self.max_tokens,
             temperature=self.settings.temperature,
             seed=self.settings.seed,
+            deadline_s=self.settings.generation_timeout_s,
         )
 
     async def _pieces(self, job: _Job) -> AsyncGenerator[str, None]:
         """Readable pieces as the model writes; then the answer is checked, the session
-        written, and ``job.answer`` set. A reader that leaves cancels the generation."""
+        written, and ``job.answer`` set. Waits its turn for the engine first (bounded); a
+        reader that leaves cancels the generation."""
+        async with self.admission.ticket(), aclosing(self._generate(job)) as pieces:
+            async for piece in pieces:
+                yield piece
+
+    async def _generate(self, job: _Job) -> AsyncGenerator[str, None]:
+        metrics = self.metrics
         started = perf_counter()
         generation = self.engine.submit(self._request(job.messages))
         raw: list[str] = []
         renderer = AnswerRenderer()
+        metrics.active.inc()
         try:
             async for piece in generation:
                 raw.append(piece)
@@ -248,13 +290,31 @@ class RecommendationService:
                 if readable:
                     if job.first_piece_seconds is None:
                         job.first_piece_seconds = perf_counter() - started
+                        metrics.first_token.observe(job.first_piece_seconds)
                     yield readable
+        except (GeneratorExit, asyncio.CancelledError):
+            metrics.cancelled.inc()
+            raise
         finally:
             # A no-op when finished; stops the model when the reader went away.
             await generation.cancel()
-            job.generated_tokens = generation.stats.generated_tokens
-            job.tokens_per_second = generation.stats.tokens_per_second
-        answer = parse_model_output("".join(raw), job.category)
+            metrics.active.dec()
+            stats = generation.stats
+            job.generated_tokens = stats.generated_tokens
+            job.tokens_per_second = stats.tokens_per_second
+            metrics.tokens.inc(stats.generated_tokens)
+            metrics.generations.labels(finish=str(stats.finish_reason or "cancelled")).inc()
+            if stats.tokens_per_second:
+                metrics.tokens_per_second.observe(stats.tokens_per_second)
+            request_stats().update(tokens=stats.generated_tokens, first_piece_s=job.first_piece_seconds)
+        if generation.stats.finish_reason is FinishReason.DEADLINE:
+            metrics.deadline_hits.labels(stage="generation").inc()
+            raise DeadlineExceeded(detail=f"generation ran past {self.settings.generation_timeout_s}s")
+        try:
+            answer = parse_model_output("".join(raw), job.category)
+        except ModelFailure:
+            metrics.schema_failures.inc()
+            raise
         if render(answer) != renderer.text:
             raise ModelFailure(detail="streamed pieces differ from the rendered answer")
         if job.on_answer is not None:

@@ -49,6 +49,24 @@ class Settings(BaseSettings):
         default=15.0, gt=0, le=300, description="Seconds between keep-alive comments on a stream."
     )
     max_message_chars: int = Field(default=500, ge=5, le=10000, description="Longest free-text message accepted.")
+    max_queue: int = Field(
+        default=16, ge=0, le=10000, description="Requests that may wait for the engine; beyond, 503 + Retry-After."
+    )
+    queue_timeout_s: float = Field(default=60.0, gt=0, le=3600, description="Longest wait for the engine before 503.")
+    generation_timeout_s: float = Field(default=120.0, gt=0, le=3600, description="Longest generation before 504.")
+    retry_after_s: int = Field(default=5, ge=1, le=3600, description="Retry-After seconds sent with 503.")
+    send_timeout_s: float = Field(
+        default=30.0,
+        gt=0,
+        le=600,
+        description="A stream whose reader takes longer than this to accept one event is dropped.",
+    )
+    shutdown_grace_s: float = Field(
+        default=10.0,
+        ge=0,
+        le=600,
+        description="On SIGTERM, seconds to end open streams with error + close before exiting.",
+    )
     session_url: str | None = Field(
         default=None,
         description="redis://host:port/db to share conversations between replicas and keep them across restarts. Empty: in-process memory.",

@@ -3,12 +3,16 @@ keep-alive pings and the disconnect handling; this module only sets what the con
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncGenerator
-from contextlib import aclosing
+from typing import Any
 
+import anyio
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from service.contract import Body
+from service.contract import EVENT_CLOSE, EVENT_ERROR, Body, ShuttingDown
+from service.settings import Settings
 
 # Plain LF line ends: what curl users expect to read, and every SSE parser accepts.
 SEP = "\n"
@@ -23,19 +27,66 @@ def _ping() -> ServerSentEvent:
     return ServerSentEvent(comment="ping", sep=SEP)
 
 
-async def _encode(events: AsyncGenerator[tuple[str, Body], None]) -> AsyncGenerator[ServerSentEvent, None]:
-    async with aclosing(events):
-        async for name, body in events:
-            # Every event has a name and one line of JSON as data: never empty (bug: event:null).
-            yield ServerSentEvent(data=body.to_json(), event=name, sep=SEP)
+def _frame(name: str, body: Body) -> ServerSentEvent:
+    # Every event has a name and one line of JSON as data: never empty (bug: event:null).
+    return ServerSentEvent(data=body.to_json(), event=name, sep=SEP)
 
 
-def event_stream(events: AsyncGenerator[tuple[str, Body], None], ping_interval_s: float) -> EventSourceResponse:
+async def _encode(
+    events: AsyncGenerator[tuple[str, Body], None], shutdown: anyio.Event
+) -> AsyncGenerator[ServerSentEvent, None]:
+    """The events as frames, until the server shuts down: then the generation is stopped and
+    the reader gets error + close (503), so the relay ends the browser's stream cleanly.
+
+    Each next event is awaited in its own task so that shutdown can interrupt the wait. That
+    task must be finished before the events are closed: closing a generator that another task
+    is still running raises, and the engine slot it holds would never be given back (found by
+    the schemathesis run when a reader left mid-stream).
+    """
+    stop = asyncio.ensure_future(shutdown.wait())
+    pending: asyncio.Future[tuple[str, Body]] | None = None
+    try:
+        while True:
+            pending = asyncio.ensure_future(anext(events))
+            await asyncio.wait((pending, stop), return_when=asyncio.FIRST_COMPLETED)
+            if not pending.done():
+                await _finish(pending)
+                pending = None
+                body = ShuttingDown().body()
+                yield _frame(EVENT_ERROR, body)
+                yield _frame(EVENT_CLOSE, body)
+                return
+            done, pending = pending, None
+            try:
+                name, body = done.result()
+            except StopAsyncIteration:
+                return
+            yield _frame(name, body)
+    finally:
+        if pending is not None:
+            await _finish(pending)
+        await _finish(stop)
+        await events.aclose()
+
+
+async def _finish(task: asyncio.Future[Any]) -> None:
+    """Cancel ``task`` and wait until it has really stopped."""
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration):
+        await task
+
+
+def event_stream(events: AsyncGenerator[tuple[str, Body], None], settings: Settings) -> EventSourceResponse:
+    shutdown = anyio.Event()
     return EventSourceResponse(
-        _encode(events),
+        _encode(events, shutdown),
         media_type=MEDIA_TYPE,
         headers=HEADERS,
-        ping=ping_interval_s,
+        ping=settings.ping_interval_s,
         ping_message_factory=_ping,
         sep=SEP,
+        # A reader that stops reading is dropped instead of making us buffer without bound.
+        send_timeout=settings.send_timeout_s,
+        shutdown_event=shutdown,
+        shutdown_grace_period=settings.shutdown_grace_s,
     )

@@ -7,6 +7,7 @@ It stands in for the model only where the test is about what the service does wi
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 from service.contract import ModelFailure
@@ -22,9 +23,10 @@ GOOD_OUTPUT = (
 
 
 class ScriptedGeneration:
-    def __init__(self, engine: ScriptedEngine) -> None:
+    def __init__(self, engine: ScriptedEngine, request: GenerationRequest) -> None:
         self.stats = GenerationStats()
         self._engine = engine
+        self._request = request
 
     def __aiter__(self) -> AsyncIterator[str]:
         return self._pieces()
@@ -32,10 +34,15 @@ class ScriptedGeneration:
     async def _pieces(self) -> AsyncIterator[str]:
         output = self._engine.output
         step = self._engine.piece_size
+        started = time.monotonic()
         for index, start in enumerate(range(0, len(output), step)):
             if self._engine.fail_after is not None and index == self._engine.fail_after:
                 raise ModelFailure(detail="scripted failure")
             await asyncio.sleep(self._engine.delay_s)
+            deadline = self._request.deadline_s
+            if deadline is not None and time.monotonic() - started > deadline:
+                self.stats.finish_reason = FinishReason.DEADLINE
+                return
             self.stats.generated_tokens += 1
             yield output[start : start + step]
         self.stats.finish_reason = FinishReason.STOP
@@ -59,7 +66,7 @@ class ScriptedEngine:
 
     def submit(self, request: GenerationRequest) -> ScriptedGeneration:
         self.requests.append(request)
-        return ScriptedGeneration(self)
+        return ScriptedGeneration(self, request)
 
     def count_tokens(self, messages: tuple[ChatMessage, ...]) -> int:
         return sum(len(message.content) for message in messages)

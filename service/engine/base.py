@@ -27,12 +27,15 @@ class GenerationRequest:
     temperature: float = 0.7
     # Same seed, same prompt, same model: the same answer. None draws a fresh seed.
     seed: int | None = None
+    # Seconds the generation may run, from when the engine starts it; then it stops (DEADLINE).
+    deadline_s: float | None = None
 
 
 class FinishReason(StrEnum):
     STOP = "stop"  # the grammar was complete and the model ended
     LENGTH = "length"  # max_tokens ran out first
     CANCELLED = "cancelled"
+    DEADLINE = "deadline"  # deadline_s ran out first
 
 
 @dataclass

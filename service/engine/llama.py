@@ -340,6 +340,7 @@ class LlamaCppEngine:
             stats.finish_reason = FinishReason.CANCELLED
             return
         started = perf_counter()
+        deadline = started + request.deadline_s if request.deadline_s is not None else float("inf")
         tokens = self.tokenize(self.formatter.format(request.messages))
         stats.prompt_tokens = len(tokens)
         if len(tokens) + request.max_tokens > self.n_ctx:
@@ -351,7 +352,7 @@ class LlamaCppEngine:
             stats.prompt_seconds = perf_counter() - started
             seed = request.seed if request.seed is not None else secrets.randbits(32)
             stats.seed = seed
-            self._sample_loop(request, np.random.default_rng(seed), emit, cancelled, stats)
+            self._sample_loop(request, np.random.default_rng(seed), emit, cancelled, stats, deadline)
         except BaseException:
             # The KV cache may hold half a step: start the next request from scratch.
             self._reset_cache()
@@ -366,6 +367,7 @@ class LlamaCppEngine:
         emit: Callable[[str], None],
         cancelled: threading.Event,
         stats: GenerationStats,
+        deadline: float,
     ) -> None:
         grammar = llama_cpp.llama_sampler_clone(self._grammars[request.grammar])
         try:
@@ -375,6 +377,9 @@ class LlamaCppEngine:
             for _ in range(request.max_tokens + 1):
                 if cancelled.is_set():
                     stats.finish_reason = FinishReason.CANCELLED
+                    return
+                if perf_counter() > deadline:
+                    stats.finish_reason = FinishReason.DEADLINE
                     return
                 logits_ptr = llama_cpp.llama_get_logits_ith(self._ctx, -1)
                 logits = np.ctypeslib.as_array(logits_ptr, shape=(self.n_vocab,))
