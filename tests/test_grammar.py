@@ -61,6 +61,9 @@ def test_valid_example_is_accepted_by_both() -> None:
             VALID.replace("]}", ',{"title":"3. 하나 더","description":"하나 더 해요."}]}'),
         ),
         ("fifteen words", VALID.replace("오늘 하루 비건 챌린지!", " ".join(["가"] * 15))),
+        # Python's $ matches before a final newline: the schema must not accept one (escaped here).
+        ("escaped newline at the end of a string", VALID.replace('챌린지!"', '챌린지!\\n"')),
+        ("escaped newline at the end of a title", VALID.replace('채식 도시락"', '채식 도시락\\n"')),
     ],
 )
 def test_broken_answers_are_rejected_by_both(name: str, broken: str) -> None:
@@ -76,7 +79,8 @@ def test_every_text_the_grammar_allows_is_strict_json_that_the_schema_accepts(te
 
 def _schema_pattern(definition: str) -> str:
     node = SCHEMA["$defs"][definition]
-    return str(node["properties"]["title"]["pattern"] if definition == "challenge" else node["pattern"])
+    pattern = str(node["properties"]["title"]["pattern"] if definition == "challenge" else node["pattern"])
+    return pattern.removesuffix("(?!\\n)$") + "$"
 
 
 _sentence = st.from_regex(_schema_pattern("sentence"), fullmatch=True)
