@@ -54,6 +54,7 @@ lint: install-dev
 	$(VENV)/bin/ruff check service tests scripts
 	$(VENV)/bin/ruff format --check service tests scripts
 	$(VENV)/bin/mypy
+	$(VENV)/bin/hadolint Dockerfile.cuda
 
 format: install-dev
 	$(VENV)/bin/ruff format service tests scripts

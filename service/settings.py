@@ -6,8 +6,9 @@ The README's settings table lists the same fields; tests/test_settings.py keeps 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator
+from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -35,7 +36,20 @@ class Settings(BaseSettings):
     )
     batch_size: int = Field(default=512, ge=8, le=8192, description="Prompt tokens evaluated per llama_decode call.")
     threads: int | None = Field(default=None, ge=1, le=512, description="CPU threads for llama.cpp. Empty: all cores.")
-    gpu_layers: int = Field(default=0, ge=-1, description="Layers to offload to the GPU; 0 = CPU only, -1 = all.")
+    gpu_layers: int | Literal["auto"] = Field(
+        default=0,
+        description="Layers to offload to the GPU: a number (-1 = all), 0 = CPU only, or auto (as many as fit the VRAM).",
+    )
+    vram_budget_mb: int | None = Field(
+        default=None,
+        ge=1,
+        description="With gpu_layers=auto: VRAM to plan for. Empty: the free memory the GPU reports.",
+    )
+    kv_cache_type: Literal["f16", "q8_0", "q4_0"] = Field(
+        default="f16",
+        description="KV-cache element type; q8_0 halves it, q4_0 quarters it (both need flash attention).",
+    )
+    flash_attn: Literal["auto", "on", "off"] = Field(default="auto", description="llama.cpp flash attention.")
     temperature: float = Field(
         default=0.7, ge=0.0, le=2.0, description="Sampling temperature; 0 = always the most likely token."
     )
@@ -92,6 +106,20 @@ class Settings(BaseSettings):
             raise ValueError("must be one of DEBUG, INFO, WARNING, ERROR, CRITICAL")
         return level
 
+    @field_validator("gpu_layers")
+    @classmethod
+    def _layers_in_range(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < -1:
+            raise ValueError("must be -1 (all), 0 (CPU only), a positive number or auto")
+        return value
+
+    @model_validator(mode="after")
+    def _quantized_cache_needs_flash_attention(self) -> Settings:
+        # llama.cpp refuses a quantized V cache without flash attention: say so at start-up.
+        if self.kv_cache_type != "f16" and self.flash_attn == "off":
+            raise ValueError("LEAFRESH_KV_CACHE_TYPE=q8_0/q4_0 needs flash attention: LEAFRESH_FLASH_ATTN=auto or on")
+        return self
+
     @property
     def blocked_word_list(self) -> tuple[str, ...]:
         return tuple(word.strip().lower() for word in self.blocked_words.split(",") if word.strip())
@@ -106,7 +134,10 @@ def describe_settings_error(error: ValidationError) -> str:
     """One line per bad setting, named as the operator wrote it."""
     parts = []
     for item in error.errors():
-        field = str(item["loc"][0]) if item["loc"] else "?"
+        field = str(item["loc"][0]) if item["loc"] else ""
+        if not field:  # a rule about several settings; its message names them
+            parts.append(str(item["msg"]).removeprefix("Value error, "))
+            continue
         name = field.upper() if field.upper() in {"HOST", "PORT"} else f"LEAFRESH_{field.upper()}"
         parts.append(f"{name}: {item['msg']}")
     return "설정 값이 올바르지 않습니다 — " + "; ".join(parts)

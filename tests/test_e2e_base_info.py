@@ -128,3 +128,12 @@ def test_model_without_chat_template_serves_through_the_fallback(
     assert httpx.get(f"{gemma.base_url}/health", timeout=TIMEOUT).json()["data"]["chatTemplate"] == "fallback"
     _, events = relay_read(f"{gemma.base_url}{BASE}/base-info", params=QUERY, headers=SSE)
     check_success_stream(events)
+
+
+def test_low_vram_levers_serve_on_a_cpu_only_build(server_factory: Callable[..., Server]) -> None:
+    # gpu_layers=auto on a build without GPU support: one warning, then the CPU; a q8_0 KV
+    # cache (with the flash attention it needs) still gives valid answers.
+    small = server_factory("low-vram", LEAFRESH_GPU_LAYERS="auto", LEAFRESH_KV_CACHE_TYPE="q8_0")
+    _, events = relay_read(f"{small.base_url}{BASE}/base-info", params=QUERY, headers=SSE)
+    check_success_stream(events)
+    assert "no GPU support: running on the CPU" in small.log()

@@ -38,6 +38,7 @@ from service.engine.base import (
 )
 from service.engine.chat_template import ChatFormatter
 from service.engine.text import IncompleteText, Utf8PieceDecoder
+from service.memory_plan import KV_TYPE_GGML
 from service.model_files import ModelFileError, check_model_file
 
 logger = logging.getLogger(__name__)
@@ -88,6 +89,14 @@ class LlamaConfig:
     batch_size: int = 512
     threads: int | None = None
     gpu_layers: int = 0
+    kv_cache_type: str = "f16"
+    flash_attn: str = "auto"
+
+
+def gpu_offload_supported() -> bool:
+    """Whether this llama-cpp-python build can put layers on a GPU (a CUDA/Metal/... build)."""
+    _init_backend()
+    return bool(llama_cpp.llama_supports_gpu_offload())
 
 
 class _GrammarSampler:
@@ -198,13 +207,8 @@ class LlamaCppEngine:
 
     def _load_model(self, config: LlamaConfig) -> CPointer:
         params = llama_cpp.llama_model_default_params()
-        gpu_layers = config.gpu_layers
-        if gpu_layers != 0 and not llama_cpp.llama_supports_gpu_offload():
-            logger.warning(
-                "this llama-cpp-python build has no GPU support: running on the CPU (LEAFRESH_GPU_LAYERS ignored)"
-            )
-            gpu_layers = 0
-        params.n_gpu_layers = gpu_layers
+        # The loader already chose 0 (with a warning) where this build cannot offload.
+        params.n_gpu_layers = config.gpu_layers if llama_cpp.llama_supports_gpu_offload() else 0
         _last_llama_error.clear()
         _capture_errors.active = True
         try:
@@ -228,6 +232,16 @@ class LlamaCppEngine:
         params.n_seq_max = 1
         params.n_threads = threads
         params.n_threads_batch = threads
+        params.type_k = KV_TYPE_GGML[config.kv_cache_type]
+        params.type_v = KV_TYPE_GGML[config.kv_cache_type]
+        flash = {"auto": llama_cpp.LLAMA_FLASH_ATTN_TYPE_AUTO, "on": llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED}
+        # A quantized V cache only works with flash attention, so it turns it on.
+        quantized = config.kv_cache_type != "f16"
+        params.flash_attn_type = (
+            llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+            if quantized
+            else flash.get(config.flash_attn, llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        )
         ctx = llama_cpp.llama_init_from_model(self._model, params)
         if not ctx:
             reason = _last_llama_error[0] if _last_llama_error else "unknown"
