@@ -158,6 +158,14 @@ def shape_from_gguf(path: Path) -> ModelShape:
     )
 
 
+def gguf_file_type(path: Path) -> int | None:
+    """general.file_type of a GGUF (0 F32, 1 F16, 7 Q8_0, 15 Q4_K_M, 32 BF16, ...)."""
+    from gguf import GGUFReader
+
+    value = _field(GGUFReader(str(path)), "general.file_type")
+    return None if value is None else int(value)
+
+
 def _q4_k_m_more_bits(layer: int, n_layer: int) -> bool:
     # llama.cpp's Q4_K_M recipe gives attn_v and ffn_down Q6_K in these layers, Q4_K elsewhere.
     return layer < n_layer // 8 or layer >= 7 * n_layer // 8 or (layer - n_layer // 8) % 3 == 2

@@ -135,10 +135,14 @@ class _GrammarSampler:
             scores = logits.astype(np.float64)
         else:
             scores = logits / temperature + rng.gumbel(size=self._n_vocab)
-        top = np.argpartition(scores, -self.TIERS[-1])[-self.TIERS[-1] :]
+        # A vocabulary smaller than the widest tier (a tiny test model) is checked whole.
+        widest = min(self.TIERS[-1], self._n_vocab)
+        top = np.argpartition(scores, -widest)[-widest:]
         top = top[np.argsort(scores[top])[::-1]]
         start = 0
-        for size in self.TIERS:
+        for size in (min(tier, widest) for tier in self.TIERS):
+            if size <= start:
+                continue
             window = np.zeros(size - start, dtype=TOKEN_DATA)
             window["id"] = top[start:size]
             ok = self.allowed(window)
