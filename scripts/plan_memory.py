@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service.memory_plan import MIB, MISTRAL_7B_INSTRUCT_V03_Q4_K_M, ModelShape, plan, shape_from_gguf
+from service.memory_plan import MIB, MISTRAL_7B_INSTRUCT_V03_Q4_K_M, ModelShape, levers, plan, shape_from_gguf
 
 
 def table(shape: ModelShape, context: int, batch: int) -> str:
@@ -52,6 +52,8 @@ def main() -> int:
     for budget in args.budget_mb or [None]:
         memory = plan(shape, args.context, args.kv_type, None if budget is None else budget * MIB, args.batch)
         sys.stdout.write(memory.describe() + "\n")
+    for line in levers(shape, args.context, args.kv_type, args.batch):
+        sys.stdout.write(f"  {line}\n")
     return 0
 
 

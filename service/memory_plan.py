@@ -77,6 +77,22 @@ class MemoryPlan:
         )
 
 
+def levers(shape: ModelShape, context: int, kv_type: str, batch: int) -> list[str]:
+    """What each low-VRAM setting saves against the given one, in MiB."""
+    base = plan(shape, context, kv_type, None, batch)
+    lines = []
+    for other in ("f16", "q8_0", "q4_0"):
+        if other != kv_type:
+            saved = base.kv_bytes - plan(shape, context, other, None, batch).kv_bytes
+            lines.append(f"LEAFRESH_KV_CACHE_TYPE={other}: KV cache {saved / MIB:+,.0f} MiB saved")
+    half = plan(shape, context // 2, kv_type, None, batch)
+    lines.append(f"LEAFRESH_CONTEXT_SIZE={context // 2}: {(base.kv_bytes - half.kv_bytes) / MIB:+,.0f} MiB saved")
+    smaller = max(64, batch // 2)
+    saved = compute_margin(shape, batch) - compute_margin(shape, smaller)
+    lines.append(f"LEAFRESH_BATCH_SIZE={smaller}: {saved / MIB:+,.0f} MiB of compute buffer saved")
+    return lines
+
+
 def compute_margin(shape: ModelShape, batch: int) -> int:
     return COMPUTE_MARGIN_BYTES + shape.n_vocab * batch * 4
 

@@ -72,6 +72,7 @@ def test_auto_plans_against_the_budget_and_logs_the_plan(caplog: pytest.LogCaptu
     expected = plan(shape_from_gguf(smollm_path), 8192, "f16", 400 * MIB).gpu_layers
     assert layers == expected and 0 < layers < 30
     assert "memory plan:" in caplog.text and f"{layers}/30 layers" in caplog.text
+    assert "LEAFRESH_KV_CACHE_TYPE=q8_0: KV cache +" in caplog.text
     assert loader.choose_gpu_layers(settings(gpu_layers=12), smollm_path, offload_supported=True) == 12
 
 

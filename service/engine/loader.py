@@ -10,7 +10,7 @@ from pathlib import Path
 
 from service.engine.base import Engine
 from service.grammar import CHALLENGE_GRAMMAR_PATH
-from service.memory_plan import MIB, plan, shape_from_gguf
+from service.memory_plan import MIB, levers, plan, shape_from_gguf
 from service.model_files import check_model_file, resolve_model_path
 from service.settings import Settings
 
@@ -55,6 +55,8 @@ def choose_gpu_layers(settings: Settings, model: Path, offload_supported: bool) 
         return 0
     memory = plan(shape_from_gguf(model), settings.context_size, settings.kv_cache_type, budget, settings.batch_size)
     logger.info("memory plan: %s", memory.describe())
+    for line in levers(memory.shape, settings.context_size, settings.kv_cache_type, settings.batch_size):
+        logger.info("memory plan lever: %s", line)
     return memory.gpu_layers
 
 
