@@ -1,11 +1,19 @@
-"""Benchmark a base-info answer: the engine alone, then the whole service over HTTP.
+"""Benchmark a base-info answer, side by side, in one run (timings never go in tests).
 
-    make bench                                  # the embedded model
-    .venv/bin/python scripts/bench.py --model path/to/model.gguf --runs 10
+    make bench                                            # the embedded model
+    .venv/bin/python scripts/bench.py --model path/to/model.gguf --runs 5
 
-Both parts run in this one process, one after the other (never at once: on 2 cores they would
-slow each other), on the same prompts and seeds, so their numbers compare. Prints a table and
-writes JSON to bench-results/. Timings never go in tests; this is where they live.
+Rows (tokens/s is decode speed; the headline is each row's ratio to the ceiling):
+- ceiling: a raw low-level llama.cpp decode loop with free sampling (no grammar);
+- high-level + grammar: llama-cpp-python's create_chat_completion with our GBNF (what most
+  projects do);
+- our engine + grammar: service.engine.llama with the same grammar;
+- service over HTTP: the whole service as a process, read as an SSE client (tokens counted by
+  its /metrics), with the time to the first ``challenge`` event;
+- 1, 2, 4 and 8 simultaneous HTTP requests: aggregate tokens/s and each request's time to its
+  first ``challenge`` event.
+Every part runs alone (never two at once: on 2 cores they would slow each other). Prints a
+table and writes JSON to bench-results/.
 """
 
 from __future__ import annotations
@@ -13,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import logging
 import os
 import statistics
 import subprocess
@@ -23,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from httpx_sse import connect_sse
+import numpy as np
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -36,47 +43,117 @@ from service.model_files import resolve_model_path  # noqa: E402
 from service.prompts import base_info_messages  # noqa: E402
 from service.serving import CHALLENGE_GRAMMAR, answer_token_budget  # noqa: E402
 
-logger = logging.getLogger("bench")
 QUERY = {"location": "도시", "workType": "사무직", "category": "비건"}
+MESSAGES = base_info_messages(QUERY["location"], QUERY["workType"], category_by_code("VEGAN"))
+GRAMMAR = CHALLENGE_GRAMMAR_PATH.read_text(encoding="utf-8")
+FREE_TOKENS = 300
 
 
-async def bench_engine(model: Path, runs: int, temperature: float) -> dict[str, Any]:
-    engine = LlamaCppEngine(LlamaConfig(model), {CHALLENGE_GRAMMAR: CHALLENGE_GRAMMAR_PATH.read_text(encoding="utf-8")})
-    messages = base_info_messages(QUERY["location"], QUERY["workType"], category_by_code("VEGAN"))
+def load_engine(model: Path) -> LlamaCppEngine:
+    return LlamaCppEngine(LlamaConfig(model), {CHALLENGE_GRAMMAR: GRAMMAR})
+
+
+def bench_ceiling(model: Path, runs: int, temperature: float) -> list[float]:
+    """Tokens/s of a bare decode loop: llama_decode one token at a time, Gumbel-max sampling
+    over the full logits in numpy, no grammar, no detokenizing, a fixed number of tokens."""
+    import llama_cpp
+
+    engine = load_engine(model)
+    speeds: list[float] = []
+
+    def loop() -> None:
+        prompt = engine.tokenize(engine.formatter.format(MESSAGES))
+        for seed in range(runs):
+            rng = np.random.default_rng(seed)
+            engine._load_prompt(prompt)
+            started = time.perf_counter()
+            for _ in range(FREE_TOKENS):
+                logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(engine._ctx, -1), shape=(engine.n_vocab,))
+                token = int(np.argmax(logits / max(temperature, 1e-6) + rng.gumbel(size=engine.n_vocab)))
+                engine._decode([token])
+            speeds.append(FREE_TOKENS / (time.perf_counter() - started))
+
+    try:
+        # On the engine's own worker thread: llama.cpp's OpenMP thread team belongs to the
+        # thread that calls llama_decode, and a second team left spinning in this process
+        # halved the next engine's speed (measured: 58 -> 27 tokens/s).
+        engine._executor.submit(loop).result()
+    finally:
+        asyncio.run(engine.aclose())
+    return speeds
+
+
+def bench_high_level(model: Path, runs: int, temperature: float) -> list[float]:
+    """llama-cpp-python's create_chat_completion with our grammar, streamed."""
+    from llama_cpp import Llama
+    from llama_cpp.llama_grammar import LlamaGrammar
+
+    llm = Llama(str(model), n_ctx=4096, verbose=False)
+    grammar = LlamaGrammar.from_string(GRAMMAR, verbose=False)
+    messages: Any = [{"role": m.role, "content": m.content} for m in MESSAGES]
+    speeds = []
+    for seed in range(runs):
+        llm.set_seed(seed)
+        chunks = 0
+        first: float | None = None
+        for _ in llm.create_chat_completion(
+            messages, grammar=grammar, max_tokens=answer_token_budget(), temperature=temperature, stream=True
+        ):
+            chunks += 1
+            if first is None:
+                first = time.perf_counter()
+        if first is not None and chunks > 1:
+            speeds.append((chunks - 1) / (time.perf_counter() - first))
+    del llm
+    return speeds
+
+
+async def _engine_runs(model: Path, runs: int, temperature: float) -> list[dict[str, Any]]:
+    engine = load_engine(model)
     rows = []
     try:
         for seed in range(runs):
             request = GenerationRequest(
-                messages=messages,
+                messages=MESSAGES,
                 grammar=CHALLENGE_GRAMMAR,
                 max_tokens=answer_token_budget(),
                 temperature=temperature,
                 seed=seed,
             )
-            started = time.perf_counter()
-            first: float | None = None
             generation = engine.submit(request)
             async for _ in generation:
-                if first is None:
-                    first = time.perf_counter() - started
-            stats = generation.stats
+                pass
             rows.append(
                 {
-                    "tokens": stats.generated_tokens,
-                    "tokens_per_s": stats.tokens_per_second,
-                    "prompt_tokens": stats.prompt_tokens,
-                    "cached_prompt_tokens": stats.cached_prompt_tokens,
-                    "prompt_s": stats.prompt_seconds,
-                    "first_piece_s": first,
-                    "total_s": time.perf_counter() - started,
+                    "tokens": generation.stats.generated_tokens,
+                    "tokens_per_s": generation.stats.tokens_per_second,
+                    "prompt_s": generation.stats.prompt_seconds,
+                    "cached_prompt_tokens": generation.stats.cached_prompt_tokens,
                 }
             )
     finally:
         await engine.aclose()
-    return {"runs": rows}
+    return rows
 
 
-def bench_http(model: Path, runs: int, temperature: float) -> dict[str, Any]:
+def _metric(base: str, name: str) -> float:
+    for line in httpx.get(f"{base}/metrics", timeout=30).text.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return 0.0
+
+
+async def _one_stream(client: httpx.AsyncClient, path: str) -> float | None:
+    started = time.perf_counter()
+    first: float | None = None
+    async with client.stream("GET", path, params=QUERY, headers={"Accept": "text/event-stream"}) as response:
+        async for chunk in response.aiter_text():
+            if first is None and "event: challenge" in chunk:
+                first = time.perf_counter() - started
+    return first
+
+
+def bench_http(model: Path, runs: int, temperature: float, concurrency: tuple[int, ...]) -> dict[str, Any]:
     port = 18000 + os.getpid() % 1000
     env = {
         **os.environ,
@@ -85,78 +162,106 @@ def bench_http(model: Path, runs: int, temperature: float) -> dict[str, Any]:
         "LEAFRESH_MODEL_PATH": str(model),
         "LEAFRESH_TEMPERATURE": str(temperature),
         "LEAFRESH_LOG_LEVEL": "WARNING",
+        "LEAFRESH_MAX_QUEUE": "64",
+        "LEAFRESH_QUEUE_TIMEOUT_S": "600",
     }
     process = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env)
     base = f"http://127.0.0.1:{port}"
-    rows = []
+    path = "/ai/chatbot/recommendation/base-info"
+    results: dict[str, Any] = {}
     try:
         deadline = time.monotonic() + 120
         while True:
             try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
                     break
             except httpx.TransportError:
                 if time.monotonic() > deadline or process.poll() is not None:
                     raise
             time.sleep(0.2)
-        with httpx.Client(timeout=300) as client:
-            for _ in range(runs):
-                started = time.perf_counter()
-                first: float | None = None
-                characters = 0
-                url = f"{base}/ai/chatbot/recommendation/base-info"
-                with connect_sse(client, "GET", url, params=QUERY, headers={"Accept": "text/event-stream"}) as source:
-                    for event in source.iter_sse():
-                        if event.event == "challenge":
-                            if first is None:
-                                first = time.perf_counter() - started
-                            characters += len(json.loads(event.data)["data"])
-                rows.append(
-                    {"first_challenge_s": first, "total_s": time.perf_counter() - started, "characters": characters}
-                )
+
+        async def wave(size: int) -> dict[str, Any]:
+            tokens_before = _metric(base, "leafresh_generated_tokens_total")
+            started = time.perf_counter()
+            async with httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(900.0)) as client:
+                firsts = await asyncio.gather(*(_one_stream(client, path) for _ in range(size)))
+            elapsed = time.perf_counter() - started
+            tokens = _metric(base, "leafresh_generated_tokens_total") - tokens_before
+            return {
+                "requests": size,
+                "tokens": tokens,
+                "seconds": elapsed,
+                "tokens_per_s": tokens / elapsed,
+                "first_challenge_s": firsts,
+            }
+
+        singles = [asyncio.run(wave(1)) for _ in range(runs)]
+        results["single"] = singles
+        results["concurrent"] = [asyncio.run(wave(size)) for size in concurrency]
     finally:
         process.terminate()
         process.wait(timeout=30)
-    return {"runs": rows}
-
-
-def median(rows: list[dict[str, Any]], key: str) -> float:
-    values = [row[key] for row in rows if row[key] is not None]
-    return statistics.median(values) if values else float("nan")
+    return results
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=None, help="GGUF file (default: the embedded model)")
-    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--concurrency", default="1,2,4,8")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "bench.json")
     args = parser.parse_args()
-    logging.basicConfig(level=logging.WARNING)
     model = resolve_model_path(args.model)
+    sizes = tuple(int(n) for n in args.concurrency.split(","))
 
-    engine = asyncio.run(bench_engine(model, args.runs, args.temperature))
-    http = bench_http(model, args.runs, args.temperature)
-    warm = engine["runs"][1:] or engine["runs"]
-    summary = {
-        "model": str(model),
-        "runs": args.runs,
-        "temperature": args.temperature,
-        "engine_tokens_per_s": median(engine["runs"], "tokens_per_s"),
-        "engine_tokens_per_answer": median(engine["runs"], "tokens"),
-        "engine_prompt_s_cold": engine["runs"][0]["prompt_s"],
-        "engine_prompt_s_warm": median(warm, "prompt_s"),
-        "engine_first_piece_s_warm": median(warm, "first_piece_s"),
-        "http_first_challenge_s": median(http["runs"][1:] or http["runs"], "first_challenge_s"),
-        "http_total_s": median(http["runs"], "total_s"),
-    }
+    # llama-cpp-python's Llama keeps its threads and memory until collected: measured last.
+    ceiling = bench_ceiling(model, args.runs, args.temperature)
+    engine_rows = asyncio.run(_engine_runs(model, args.runs, args.temperature))
+    http = bench_http(model, args.runs, args.temperature, sizes)
+    high_level = bench_high_level(model, args.runs, args.temperature)
+
+    top = statistics.median(ceiling)
+    rows: list[tuple[str, float, str]] = [
+        ("ceiling: raw decode loop, free", top, ""),
+        ("high-level create_chat_completion + grammar", statistics.median(high_level), ""),
+        ("our engine + grammar", statistics.median(r["tokens_per_s"] for r in engine_rows), ""),
+    ]
+    single = http["single"]
+    first = statistics.median(r["first_challenge_s"][0] for r in single[1:] or single)
+    rows.append(
+        ("service over HTTP", statistics.median(r["tokens_per_s"] for r in single), f"first challenge {first:.3f} s")
+    )
+    for wave in http["concurrent"]:
+        firsts = [f for f in wave["first_challenge_s"] if f is not None]
+        rows.append(
+            (
+                f"{wave['requests']} simultaneous requests (aggregate)",
+                wave["tokens_per_s"],
+                f"first challenge min {min(firsts):.2f} s / max {max(firsts):.2f} s",
+            )
+        )
+    sys.stdout.write(f"model {model.name}, temperature {args.temperature}, {args.runs} runs per row (median)\n\n")
+    sys.stdout.write(f"| {'path':<44} | tokens/s | × ceiling | notes |\n|---|---|---|---|\n")
+    for name, speed, note in rows:
+        sys.stdout.write(f"| {name:<44} | {speed:8.1f} | {speed / top:9.2f} | {note} |\n")
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"summary": summary, "engine": engine, "http": http}, indent=2, ensure_ascii=False))
-    width = max(len(key) for key in summary)
-    for key, value in summary.items():
-        shown = f"{value:.3f}" if isinstance(value, float) else str(value)
-        sys.stdout.write(f"{key:<{width}}  {shown}\n")
-    sys.stdout.write(f"written to {args.out}\n")
+    args.out.write_text(
+        json.dumps(
+            {
+                "model": str(model),
+                "temperature": args.temperature,
+                "ceiling_tokens_per_s": ceiling,
+                "high_level_tokens_per_s": high_level,
+                "engine": engine_rows,
+                "http": http,
+                "table": [{"path": n, "tokens_per_s": s, "ratio": s / top, "notes": note} for n, s, note in rows],
+            },
+            indent=2,
+            ensure_ascii=False,
+        )
+    )
+    sys.stdout.write(f"\nwritten to {args.out}\n")
     return 0
 
 
