@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -222,6 +223,15 @@ def _utf8_len(code_point: int) -> int:
     return len(chr(code_point).encode("utf-8", "surrogatepass"))
 
 
+def _literal_bytes(text: str) -> int:
+    return len(text.encode("utf-8"))
+
+
+def _class_bytes(node: CharClass) -> int:
+    # A negated class may match any character, up to 4 bytes.
+    return 4 if node.negated else max(_utf8_len(high) for _, high in node.ranges)
+
+
 def _class_regex(node: CharClass) -> str:
     parts = []
     for low, high in node.ranges:
@@ -279,43 +289,27 @@ class Grammar:
 
     def max_bytes(self, rule: str | None = None) -> int:
         """The longest text, in UTF-8 bytes, that ``rule`` (default: the root) can produce."""
-        return self._max_bytes(RuleRef(rule or self.root))
-
-    def _max_bytes(self, node: Node) -> int:
-        if isinstance(node, Literal):
-            return len(node.text.encode("utf-8"))
-        if isinstance(node, CharClass):
-            if node.negated:
-                return 4
-            return max(_utf8_len(high) for _, high in node.ranges)
-        if isinstance(node, RuleRef):
-            return self._max_bytes(self.rules[node.name])
-        if isinstance(node, Sequence):
-            return sum(self._max_bytes(item) for item in node.items)
-        if isinstance(node, Choice):
-            return max(self._max_bytes(option) for option in node.options)
-        if node.max is None:
-            raise GrammarError("an unbounded repetition (*, + or {m,}) has no byte bound")
-        return node.max * self._max_bytes(node.item)
+        return self._longest(RuleRef(rule or self.root), _literal_bytes, _class_bytes)
 
     def max_chars(self, rule: str) -> int:
         """The longest text, in characters, that ``rule`` can produce."""
-        return self._max_chars(RuleRef(rule))
+        return self._longest(RuleRef(rule), len, lambda _: 1)
 
-    def _max_chars(self, node: Node) -> int:
+    def _longest(self, node: Node, literal: Callable[[str], int], char: Callable[[CharClass], int]) -> int:
+        """The longest text ``node`` produces, measured leaf by leaf with ``literal``/``char``."""
         if isinstance(node, Literal):
-            return len(node.text)
+            return literal(node.text)
         if isinstance(node, CharClass):
-            return 1
+            return char(node)
         if isinstance(node, RuleRef):
-            return self._max_chars(self.rules[node.name])
+            return self._longest(self.rules[node.name], literal, char)
         if isinstance(node, Sequence):
-            return sum(self._max_chars(item) for item in node.items)
+            return sum(self._longest(item, literal, char) for item in node.items)
         if isinstance(node, Choice):
-            return max(self._max_chars(option) for option in node.options)
+            return max(self._longest(option, literal, char) for option in node.options)
         if node.max is None:
-            raise GrammarError("an unbounded repetition has no length bound")
-        return node.max * self._max_chars(node.item)
+            raise GrammarError("an unbounded repetition (*, + or {m,}) has no length bound")
+        return node.max * self._longest(node.item, literal, char)
 
     def regex(self, rule: str | None = None) -> str:
         """A Python regular expression for exactly the texts ``rule`` (default: root) produces."""
