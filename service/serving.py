@@ -366,7 +366,7 @@ class RecommendationService:
 
 def _log_failure(route: str, error: ServiceError) -> None:
     # Overload is the service working as designed (a warning); a broken answer is an error.
-    level = logging.WARNING if error.status in (503,) or error.status < 500 else logging.ERROR
+    level = logging.WARNING if error.status == 503 or error.status < 500 else logging.ERROR
     logger.log(level, "%s failed: status=%d %s", route, error.status, error.detail or error.message)
 
 
