@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import subprocess
 import sys
 import uuid
@@ -37,9 +38,12 @@ def hub() -> Iterator[RunningHub]:
 
 
 @pytest.fixture
-def cache_dir() -> Path:
-    # Inside the project's ignored cache: the script refuses /tmp, where pytest's tmp_path is.
-    return ROOT / ".cache" / "test-downloads" / uuid.uuid4().hex
+def cache_dir() -> Iterator[Path]:
+    # Under the home directory: the script refuses /tmp, where pytest's tmp_path is, and CI may
+    # clone the project itself under /tmp.
+    path = Path.home() / ".cache" / "leafresh-test-downloads" / uuid.uuid4().hex
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def fetch(model: str, endpoint: str, cache_dir: Path, token: str | None = None) -> subprocess.CompletedProcess[str]:
