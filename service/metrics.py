@@ -32,6 +32,12 @@ class Metrics:
             registry=r,
         )
         self.tokens = Counter("leafresh_generated_tokens", "Tokens generated", registry=r)
+        self.forced_tokens = Counter(
+            "leafresh_forced_tokens", "Tokens appended without sampling: the grammar allowed only them", registry=r
+        )
+        self.preemptions = Counter(
+            "leafresh_preemptions", "Generations evicted from a full KV cache and evaluated again", registry=r
+        )
         self.tokens_per_second = Histogram(
             "leafresh_tokens_per_second",
             "Decode speed of each generation",

@@ -92,9 +92,9 @@ class RecommendationService:
         self.settings = settings
         self.sessions = sessions
         self.metrics = metrics or Metrics()
-        # One generation at a time for now: the engine decodes one sequence (issue #6 batches).
+        # As many generations at once as the engine batches; the rest wait in the queue.
         self.admission = Admission(
-            slots=1,
+            slots=settings.parallel,
             max_queue=settings.max_queue,
             queue_timeout_s=settings.queue_timeout_s,
             retry_after_s=settings.retry_after_s,
@@ -303,6 +303,8 @@ class RecommendationService:
             job.generated_tokens = stats.generated_tokens
             job.tokens_per_second = stats.tokens_per_second
             metrics.tokens.inc(stats.generated_tokens)
+            metrics.forced_tokens.inc(stats.forced_tokens)
+            metrics.preemptions.inc(stats.preemptions)
             metrics.generations.labels(finish=str(stats.finish_reason or "cancelled")).inc()
             if stats.tokens_per_second:
                 metrics.tokens_per_second.observe(stats.tokens_per_second)

@@ -34,7 +34,22 @@ class Settings(BaseSettings):
         le=131072,
         description="Tokens of context (prompt + conversation + answer) llama.cpp allocates.",
     )
-    batch_size: int = Field(default=512, ge=8, le=8192, description="Prompt tokens evaluated per llama_decode call.")
+    batch_size: int = Field(
+        default=512,
+        ge=8,
+        le=8192,
+        description="Tokens evaluated per llama_decode call (prompt chunks and all streams).",
+    )
+    parallel: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Requests generated together in one batch (continuous batching); more wait in the queue.",
+    )
+    jump_forward: bool = Field(
+        default=True,
+        description="Append the text the grammar forces (JSON keys and punctuation) in one step instead of sampling it.",
+    )
     threads: int | None = Field(default=None, ge=1, le=512, description="CPU threads for llama.cpp. Empty: all cores.")
     gpu_layers: int | Literal["auto"] = Field(
         default=0,

@@ -2,7 +2,8 @@
 
 Temperature 1.5 makes the tiny models write nearly at random, which is exactly what tests the
 grammar: whatever the model wants, the output is strict JSON that the schema accepts, it never
-runs out of tokens, and the streamed pieces add up to its rendering.
+runs out of tokens, and the streamed pieces add up to its rendering. The answers are generated
+four at a time, so batching and jump-forward are under the same test.
 """
 
 from __future__ import annotations
@@ -25,42 +26,57 @@ from service.serving import CHALLENGE_GRAMMAR, answer_token_budget
 
 RUNS = 30
 TEMPERATURE = 1.5
+PARALLEL = 4
 
 
 @pytest.fixture(params=["smollm", "gemma"])
 def engine(request: pytest.FixtureRequest) -> Iterator[LlamaCppEngine]:
     path: Path = request.getfixturevalue(f"{request.param}_path")
-    loaded = LlamaCppEngine(LlamaConfig(path), {CHALLENGE_GRAMMAR: CHALLENGE_GRAMMAR_PATH.read_text(encoding="utf-8")})
+    loaded = LlamaCppEngine(
+        LlamaConfig(path, parallel=PARALLEL), {CHALLENGE_GRAMMAR: CHALLENGE_GRAMMAR_PATH.read_text(encoding="utf-8")}
+    )
     yield loaded
     asyncio.run(loaded.aclose())
 
 
-async def generate_all(engine: LlamaCppEngine) -> list[str]:
-    failures: list[str] = []
+async def generate_one(engine: LlamaCppEngine, seed: int) -> str | None:
+    """One answer at temperature 1.5; a description of what went wrong, or None."""
     places, works = sorted(set(LOCATIONS.values())), sorted(WORK_TYPES)
-    for seed in range(RUNS):
-        category = CATEGORIES[seed % len(CATEGORIES)]
-        messages = base_info_messages(places[seed % len(places)], works[seed % len(works)], category)
-        request = GenerationRequest(
-            messages=messages,
-            grammar=CHALLENGE_GRAMMAR,
-            max_tokens=answer_token_budget(),
-            temperature=TEMPERATURE,
-            seed=seed,
-        )
-        generation = engine.submit(request)
-        renderer = AnswerRenderer()
-        raw = []
-        async for piece in generation:
-            raw.append(piece)
-            renderer.feed(piece)
-        try:
-            answer = parse_model_output("".join(raw), category)
-            assert generation.stats.finish_reason is FinishReason.STOP
-            assert renderer.text == render(answer)
-        except Exception as exc:  # noqa: BLE001 - count every kind of failure, report them all
-            failures.append(f"seed {seed}: {exc!r}: {''.join(raw)[:300]}")
-    return failures
+    category = CATEGORIES[seed % len(CATEGORIES)]
+    messages = base_info_messages(places[seed % len(places)], works[seed % len(works)], category)
+    request = GenerationRequest(
+        messages=messages,
+        grammar=CHALLENGE_GRAMMAR,
+        max_tokens=answer_token_budget(),
+        temperature=TEMPERATURE,
+        seed=seed,
+    )
+    generation = engine.submit(request)
+    renderer = AnswerRenderer()
+    raw = []
+    async for piece in generation:
+        raw.append(piece)
+        renderer.feed(piece)
+    try:
+        answer = parse_model_output("".join(raw), category)
+        assert generation.stats.finish_reason is FinishReason.STOP
+        assert renderer.text == render(answer)
+    except Exception as exc:  # noqa: BLE001 - count every kind of failure, report them all
+        return f"seed {seed}: {exc!r}: {''.join(raw)[:300]}"
+    return None
+
+
+async def generate_all(engine: LlamaCppEngine) -> list[str]:
+    """All RUNS answers, PARALLEL at a time, as simultaneous users would get them: batched,
+    joining and leaving the batch at different steps, with jump-forward."""
+    slots = asyncio.Semaphore(PARALLEL)
+
+    async def limited(seed: int) -> str | None:
+        async with slots:
+            return await generate_one(engine, seed)
+
+    results = await asyncio.gather(*(limited(seed) for seed in range(RUNS)))
+    return [failure for failure in results if failure is not None]
 
 
 @pytest.mark.slow

@@ -31,7 +31,8 @@ async def sse_events(client: httpx.AsyncClient, method: str, url: str, **kwargs:
 
 def test_a_full_queue_is_refused_with_503_and_retry_after() -> None:
     async def scenario() -> None:
-        app = create_app(Settings(max_queue=0, retry_after_s=7), ScriptedEngine(delay_s=0.01))
+        # One generation at a time, so the first request fills the engine.
+        app = create_app(Settings(max_queue=0, retry_after_s=7, parallel=1), ScriptedEngine(delay_s=0.01))
         async with client_for(app) as client:
             first = asyncio.create_task(sse_events(client, "GET", f"{BASE}/base-info", params=QUERY))
             await asyncio.sleep(0.05)  # the first request now holds the engine
@@ -55,7 +56,7 @@ def test_a_full_queue_is_refused_with_503_and_retry_after() -> None:
 
 def test_waiting_too_long_for_the_engine_ends_with_503() -> None:
     async def scenario() -> None:
-        app = create_app(Settings(max_queue=4, queue_timeout_s=0.05), ScriptedEngine(delay_s=0.01))
+        app = create_app(Settings(max_queue=4, queue_timeout_s=0.05, parallel=1), ScriptedEngine(delay_s=0.01))
         async with client_for(app) as client:
             first = asyncio.create_task(sse_events(client, "GET", f"{BASE}/base-info", params=QUERY))
             await asyncio.sleep(0.02)
@@ -172,3 +173,17 @@ def test_hostile_bodies_get_flat_4xx_answers(body: bytes, content_type: str, pat
     payload = response.json()
     assert set(payload) == {"status", "message", "data"} and payload["status"] == response.status_code
     assert isinstance(payload["message"], str) and payload["message"]
+
+
+def test_as_many_requests_as_the_engine_batches_run_at_once_without_queueing() -> None:
+    async def scenario() -> str:
+        app = create_app(Settings(max_queue=0, parallel=3), ScriptedEngine(delay_s=0.01))
+        async with client_for(app) as client:
+            streams = await asyncio.gather(
+                *(sse_events(client, "GET", f"{BASE}/base-info", params=QUERY) for _ in range(3))
+            )
+            assert all(events[-1][1]["status"] == 200 for events in streams)
+            return (await client.get("/metrics")).text
+
+    metrics = asyncio.run(scenario())
+    assert "leafresh_rejected_total 0.0" in metrics

@@ -48,6 +48,14 @@ class GenerationStats:
     decode_seconds: float = 0.0
     finish_reason: FinishReason | None = None
     seed: int | None = None
+    # Tokens appended without sampling because the grammar allowed only them (jump-forward).
+    forced_tokens: int = 0
+    # llama_decode steps this sequence took part in after its prompt (sampled tokens).
+    decode_steps: int = 0
+    # Steps where the grammar had to be asked about the whole vocabulary.
+    full_vocab_checks: int = 0
+    # Times the sequence was evicted from a full KV cache and evaluated again.
+    preemptions: int = 0
 
     @property
     def tokens_per_second(self) -> float:

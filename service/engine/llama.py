@@ -3,11 +3,12 @@
 Why the low-level API and not ``Llama.create_chat_completion``: that path applies the grammar
 to the whole vocabulary on every token and adds Python bookkeeping; we measured it at 0.39x the
 speed of a free generation (issue #6). Here each step draws the token first and asks the
-grammar only about the few best candidates (see ``_GrammarSampler``), decodes one token per
-llama_decode call, and reuses the KV cache of the prompt prefix shared with the last request.
+grammar only about the few best candidates (``sampling``), appends the text the grammar forces
+without sampling it (``forced_text``), and decodes every running request together in one batch
+(``batching``), sharing the KV cache of the prompt prefix they have in common.
 
-One generation runs at a time, on one worker thread, so the event loop never blocks; the
-asyncio side reads pieces from a queue. Cancelling sets a flag the loop checks every token.
+This module loads the model, the context and the grammars and owns the token helpers; the
+asyncio side reads each request's pieces from a queue, so the event loop never blocks.
 """
 
 from __future__ import annotations
@@ -16,34 +17,27 @@ import asyncio
 import ctypes
 import logging
 import os
-import secrets
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from time import perf_counter
-from typing import Any
+from typing import TypeVar
 
 import llama_cpp
 import numpy as np
 
-from service.contract import ModelFailure, PromptTooLong, ServiceError
-from service.engine.base import (
-    ChatMessage,
-    EngineInfo,
-    FinishReason,
-    GenerationRequest,
-    GenerationStats,
-)
+from service.contract import ModelFailure
+from service.engine.base import ChatMessage, EngineInfo, GenerationRequest, GenerationStats
+from service.engine.batching import END, Batcher, Sequence
 from service.engine.chat_template import ChatFormatter
-from service.engine.text import IncompleteText, Utf8PieceDecoder
+from service.engine.forced_text import GrammarAutomaton
+from service.engine.sampling import TOKEN_DATA, CPointer, possible_tokens
+from service.grammar import Grammar
 from service.memory_plan import KV_TYPE_GGML
 from service.model_files import ModelFileError, check_model_file
 
+T = TypeVar("T")
 logger = logging.getLogger(__name__)
-# llama.cpp handles (model, context, sampler): opaque ctypes pointers.
-CPointer = Any
 llama_logger = logging.getLogger("llama_cpp")
 
 # llama.cpp's own log levels (ggml_log_level) mapped to ours. Its INFO is chatty load detail.
@@ -77,11 +71,6 @@ def _init_backend() -> None:
         _backend_ready = True
 
 
-# The layout of llama_token_data, so candidate arrays can be numpy arrays handed to C as is.
-TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
-assert TOKEN_DATA.itemsize == ctypes.sizeof(llama_cpp.llama_token_data)
-
-
 @dataclass(frozen=True)
 class LlamaConfig:
     model_path: Path
@@ -91,6 +80,10 @@ class LlamaConfig:
     gpu_layers: int = 0
     kv_cache_type: str = "f16"
     flash_attn: str = "auto"
+    # Requests decoded together, each its own sequence (one more holds the shared prompt).
+    parallel: int = 4
+    # Append the tokens of text the grammar forces instead of sampling them one by one.
+    jump_forward: bool = True
 
 
 def gpu_offload_supported() -> bool:
@@ -99,108 +92,63 @@ def gpu_offload_supported() -> bool:
     return bool(llama_cpp.llama_supports_gpu_offload())
 
 
-class _GrammarSampler:
-    """Exact grammar-constrained sampling that rarely touches the whole vocabulary.
-
-    Gumbel-max: adding independent Gumbel noise to logits/T and taking the argmax draws from
-    softmax(logits/T); the argmax over the *allowed* tokens draws from the distribution the
-    grammar leaves, renormalised. So candidates are checked against the grammar in order of
-    their noisy score, and the first allowed one is exactly the sample that "apply the grammar
-    to every token, then sample" would give. The grammar sees 16 tokens on most steps, 512 on
-    some, and the whole vocabulary only when none of those 512 is allowed.
-    """
-
-    TIERS = (16, 512)
-
-    def __init__(self, grammar: CPointer, n_vocab: int, everything: np.ndarray) -> None:
-        self._grammar = grammar
-        self._n_vocab = n_vocab
-        self._everything = everything  # TOKEN_DATA for every token id, reused across steps
-        self.full_vocab_checks = 0
-
-    def allowed(self, candidates: np.ndarray) -> np.ndarray:
-        """Which of ``candidates`` (TOKEN_DATA, logits zeroed) the grammar allows now."""
-        array = llama_cpp.llama_token_data_array(
-            data=candidates.ctypes.data_as(llama_cpp.llama_token_data_p),
-            size=len(candidates),
-            selected=-1,
-            sorted=False,
-        )
-        llama_cpp.llama_sampler_apply(self._grammar, ctypes.byref(array))
-        allowed: np.ndarray = np.isfinite(candidates["logit"])
-        return allowed
-
-    def pick(self, logits: np.ndarray, temperature: float, rng: np.random.Generator) -> int:
-        if temperature <= 0:
-            scores = logits.astype(np.float64)
-        else:
-            scores = logits / temperature + rng.gumbel(size=self._n_vocab)
-        # A vocabulary smaller than the widest tier (a tiny test model) is checked whole.
-        widest = min(self.TIERS[-1], self._n_vocab)
-        top = np.argpartition(scores, -widest)[-widest:]
-        top = top[np.argsort(scores[top])[::-1]]
-        start = 0
-        for size in (min(tier, widest) for tier in self.TIERS):
-            if size <= start:
-                continue
-            window = np.zeros(size - start, dtype=TOKEN_DATA)
-            window["id"] = top[start:size]
-            ok = self.allowed(window)
-            if ok.any():
-                return int(window["id"][int(np.argmax(ok))])
-            start = size
-        self.full_vocab_checks += 1
-        self._everything["logit"] = 0.0
-        ok = self.allowed(self._everything)
-        if not ok.any():
-            raise ModelFailure(detail="the grammar allows no token at all")
-        return int(np.argmax(np.where(ok, scores, -np.inf)))
-
-
 class LlamaCppEngine:
-    """Loads one GGUF model and serves generations one at a time."""
+    """Loads one GGUF model and generates up to ``config.parallel`` answers at once."""
 
     def __init__(self, config: LlamaConfig, grammars: Mapping[str, str]) -> None:
         check_model_file(config.model_path)
         _init_backend()
         self.config = config
         self._model: CPointer = self._load_model(config)
-        self._ctx: CPointer = None
-        self._grammars: dict[str, CPointer] = {}
+        self.ctx: CPointer = None
+        self.grammars: dict[str, CPointer] = {}
+        self.automata: dict[str, GrammarAutomaton] = {}
         try:
-            self._ctx = self._create_context(config)
-            self._vocab = llama_cpp.llama_model_get_vocab(self._model)
-            self.n_vocab = llama_cpp.llama_vocab_n_tokens(self._vocab)
-            self.n_ctx = llama_cpp.llama_n_ctx(self._ctx)
-            self._bos = llama_cpp.llama_vocab_bos(self._vocab)
+            self.ctx = self._create_context(config)
+            self.vocab = llama_cpp.llama_model_get_vocab(self._model)
+            self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+            self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
+            self._bos = llama_cpp.llama_vocab_bos(self.vocab)
             self._pieces: dict[int, bytes] = {}
+            self._forced: dict[str, list[int]] = {}
             template = llama_cpp.llama_model_chat_template(self._model, None)
             self.formatter = ChatFormatter(
                 template.decode("utf-8") if template else None,
                 bos_token=self._token_text(self._bos),
-                eos_token=self._token_text(llama_cpp.llama_vocab_eos(self._vocab)),
+                eos_token=self._token_text(llama_cpp.llama_vocab_eos(self.vocab)),
             )
             for name, text in grammars.items():
-                self._grammars[name] = self._compile_grammar(name, text)
+                self.grammars[name] = self._compile_grammar(name, text)
+                self.automata[name] = GrammarAutomaton(Grammar(text))
         except BaseException:
             self._free()
             raise
-        self._everything = np.zeros(self.n_vocab, dtype=TOKEN_DATA)
-        self._everything["id"] = np.arange(self.n_vocab, dtype=np.int32)
-        self._kv_tokens: list[int] = []
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="llama-decode")
+        self.jump_forward = config.jump_forward
+        self.everything = np.zeros(self.n_vocab, dtype=TOKEN_DATA)
+        self.everything["id"] = np.arange(self.n_vocab, dtype=np.int32)
+        self.possible = {
+            name: possible_tokens(
+                self.n_vocab,
+                self._piece_uncached,
+                lambda token: bool(llama_cpp.llama_vocab_is_eog(self.vocab, token)),
+                automaton.alphabet(),
+            )
+            for name, automaton in self.automata.items()
+        }
         self._closed = False
+        self.batcher = Batcher(self, config.parallel)
         self.info = EngineInfo(
             model_path=str(config.model_path),
             chat_template="gguf" if self.formatter.uses_model_template else "fallback",
             system_role=self.formatter.supports_system_role,
             context_size=self.n_ctx,
-            extra={"n_vocab": str(self.n_vocab)},
+            extra={"n_vocab": str(self.n_vocab), "parallel": str(config.parallel)},
         )
         logger.info(
-            "model loaded: %s (context %d, vocabulary %d, chat template: %s, system role: %s, gpu layers: %d)",
+            "model loaded: %s (context %d shared by %d sequences, vocabulary %d, chat template: %s, system role: %s, gpu layers: %d)",
             config.model_path,
             self.n_ctx,
+            config.parallel,
             self.n_vocab,
             self.info.chat_template,
             self.info.system_role,
@@ -233,7 +181,11 @@ class LlamaCppEngine:
         params.n_ctx = config.context_size
         params.n_batch = config.batch_size
         params.n_ubatch = config.batch_size
-        params.n_seq_max = 1
+        # One sequence per request decoded together, plus the holder of the shared prompt.
+        # Unified: all sequences share one pool of cells, so a shared prefix is stored once
+        # and copying it to a new sequence only tags cells (see batching).
+        params.n_seq_max = config.parallel + 1
+        params.kv_unified = True
         params.n_threads = threads
         params.n_threads_batch = threads
         params.type_k = KV_TYPE_GGML[config.kv_cache_type]
@@ -257,19 +209,19 @@ class LlamaCppEngine:
 
     def _compile_grammar(self, name: str, text: str) -> CPointer:
         # llama.cpp parses the grammar here, so a broken grammar stops start-up, not a request.
-        sampler = llama_cpp.llama_sampler_init_grammar(self._vocab, text.encode("utf-8"), b"root")
+        sampler = llama_cpp.llama_sampler_init_grammar(self.vocab, text.encode("utf-8"), b"root")
         if not sampler:
             reason = _last_llama_error[0] if _last_llama_error else "parse error"
             raise ModelFileError(f"문법 {name}을(를) llama.cpp가 컴파일하지 못했습니다: {reason}")
         return sampler
 
     def _free(self) -> None:
-        for sampler in self._grammars.values():
+        for sampler in self.grammars.values():
             llama_cpp.llama_sampler_free(sampler)
-        self._grammars.clear()
-        if self._ctx:
-            llama_cpp.llama_free(self._ctx)
-            self._ctx = None
+        self.grammars.clear()
+        if self.ctx:
+            llama_cpp.llama_free(self.ctx)
+            self.ctx = None
         if self._model:
             llama_cpp.llama_model_free(self._model)
             self._model = None
@@ -280,31 +232,38 @@ class LlamaCppEngine:
         if token < 0:
             return ""
         buf = ctypes.create_string_buffer(256)
-        size = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, True)
+        size = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
         return buf.raw[: max(size, 0)].decode("utf-8", "replace")
 
-    def _piece(self, token: int) -> bytes:
+    def piece(self, token: int) -> bytes:
+        """The bytes ``token`` stands for (part of a character, for byte-level tokenizers)."""
         piece = self._pieces.get(token)
         if piece is None:
-            buf = ctypes.create_string_buffer(64)
-            size = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
-            if size < 0:
-                buf = ctypes.create_string_buffer(-size)
-                size = llama_cpp.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
-            piece = buf.raw[:size]
-            self._pieces[token] = piece
+            piece = self._pieces[token] = self._piece_uncached(token)
         return piece
 
-    def tokenize(self, text: str) -> list[int]:
+    def _piece_uncached(self, token: int) -> bytes:
+        buf = ctypes.create_string_buffer(64)
+        size = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        if size < 0:
+            buf = ctypes.create_string_buffer(-size)
+            size = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        return buf.raw[:size]
+
+    def _tokenize(self, text: str, special: bool) -> list[int]:
         data = text.encode("utf-8")
         capacity = len(data) + 8
         tokens = (llama_cpp.llama_token * capacity)()
-        count = llama_cpp.llama_tokenize(self._vocab, data, len(data), tokens, capacity, True, True)
+        count = llama_cpp.llama_tokenize(self.vocab, data, len(data), tokens, capacity, special, special)
         if count < 0:
             capacity = -count
             tokens = (llama_cpp.llama_token * capacity)()
-            count = llama_cpp.llama_tokenize(self._vocab, data, len(data), tokens, capacity, True, True)
-        result = list(tokens[:count])
+            count = llama_cpp.llama_tokenize(self.vocab, data, len(data), tokens, capacity, special, special)
+        return list(tokens[:count])
+
+    def tokenize(self, text: str) -> list[int]:
+        """A whole prompt's tokens, with the special tokens its template writes."""
+        result = self._tokenize(text, special=True)
         # A template that writes the BOS text itself, plus the tokenizer adding one: keep one.
         if len(result) >= 2 and result[0] == result[1] == self._bos:
             result = result[1:]
@@ -313,111 +272,21 @@ class LlamaCppEngine:
     def count_tokens(self, messages: tuple[ChatMessage, ...]) -> int:
         return len(self.tokenize(self.formatter.format(messages)))
 
-    # -- decoding (worker thread only) -------------------------------------------------------
-
-    def _decode(self, tokens: list[int]) -> None:
-        for start in range(0, len(tokens), self.config.batch_size):
-            chunk = tokens[start : start + self.config.batch_size]
-            array = (llama_cpp.llama_token * len(chunk))(*chunk)
-            status = llama_cpp.llama_decode(self._ctx, llama_cpp.llama_batch_get_one(array, len(chunk)))
-            if status != 0:
-                raise ModelFailure(detail=f"llama_decode returned {status}")
-            self._kv_tokens.extend(chunk)
-
-    def _load_prompt(self, tokens: list[int]) -> int:
-        """Evaluate the prompt, reusing the KV cache of the prefix it shares with what is
-        already there (the instructions are the same for every request). Returns the number
-        of tokens reused."""
-        common = 0
-        for cached, new in zip(self._kv_tokens, tokens, strict=False):
-            if cached != new:
-                break
-            common += 1
-        # The last prompt token is evaluated again: its logits are the first step's input.
-        common = min(common, len(tokens) - 1)
-        memory = llama_cpp.llama_get_memory(self._ctx)
-        if not llama_cpp.llama_memory_seq_rm(memory, 0, common, -1):
-            llama_cpp.llama_memory_clear(memory, True)
-            common = 0
-        del self._kv_tokens[common:]
-        self._decode(tokens[common:])
-        return common
-
-    def _reset_cache(self) -> None:
-        llama_cpp.llama_memory_clear(llama_cpp.llama_get_memory(self._ctx), True)
-        self._kv_tokens.clear()
-
-    def _generate(
-        self,
-        request: GenerationRequest,
-        emit: Callable[[str], None],
-        cancelled: threading.Event,
-        stats: GenerationStats,
-    ) -> None:
-        if cancelled.is_set():
-            stats.finish_reason = FinishReason.CANCELLED
-            return
-        started = perf_counter()
-        deadline = started + request.deadline_s if request.deadline_s is not None else float("inf")
-        tokens = self.tokenize(self.formatter.format(request.messages))
-        stats.prompt_tokens = len(tokens)
-        if len(tokens) + request.max_tokens > self.n_ctx:
-            raise PromptTooLong(detail=f"prompt {len(tokens)} + max_tokens {request.max_tokens} > context {self.n_ctx}")
-        if request.grammar not in self._grammars:
-            raise ModelFailure(detail=f"unknown grammar {request.grammar!r}")
-        try:
-            stats.cached_prompt_tokens = self._load_prompt(tokens)
-            stats.prompt_seconds = perf_counter() - started
-            seed = request.seed if request.seed is not None else secrets.randbits(32)
-            stats.seed = seed
-            self._sample_loop(request, np.random.default_rng(seed), emit, cancelled, stats, deadline)
-        except BaseException:
-            # The KV cache may hold half a step: start the next request from scratch.
-            self._reset_cache()
-            raise
-        finally:
-            stats.decode_seconds = perf_counter() - started - stats.prompt_seconds
-
-    def _sample_loop(
-        self,
-        request: GenerationRequest,
-        rng: np.random.Generator,
-        emit: Callable[[str], None],
-        cancelled: threading.Event,
-        stats: GenerationStats,
-        deadline: float,
-    ) -> None:
-        grammar = llama_cpp.llama_sampler_clone(self._grammars[request.grammar])
-        try:
-            sampler = _GrammarSampler(grammar, self.n_vocab, self._everything)
-            decoder = Utf8PieceDecoder()
-            stats.finish_reason = FinishReason.LENGTH
-            for _ in range(request.max_tokens + 1):
-                if cancelled.is_set():
-                    stats.finish_reason = FinishReason.CANCELLED
-                    return
-                if perf_counter() > deadline:
-                    stats.finish_reason = FinishReason.DEADLINE
-                    return
-                logits_ptr = llama_cpp.llama_get_logits_ith(self._ctx, -1)
-                logits = np.ctypeslib.as_array(logits_ptr, shape=(self.n_vocab,))
-                token = sampler.pick(logits, request.temperature, rng)
-                if llama_cpp.llama_vocab_is_eog(self._vocab, token):
-                    decoder.finish()
-                    stats.finish_reason = FinishReason.STOP
-                    return
-                if stats.generated_tokens == request.max_tokens:
-                    return
-                llama_cpp.llama_sampler_accept(grammar, token)
-                stats.generated_tokens += 1
-                text = decoder.feed(self._piece(token))
-                if text:
-                    emit(text)
-                self._decode([token])
-        except IncompleteText as exc:
-            raise ModelFailure(detail=str(exc)) from exc
-        finally:
-            llama_cpp.llama_sampler_free(grammar)
+    def forced_tokens(self, text: str) -> list[int]:
+        """The tokens to append for ``text`` the grammar forces: the model's own tokenization of
+        it, or none where that would not spell it exactly. A trailing space is left to the
+        model: its tokenizer joins a space to the word after it."""
+        text = text.rstrip(" ")
+        if not text:
+            return []
+        tokens = self._forced.get(text)
+        if tokens is None:
+            tokens = self._tokenize(text, special=False)
+            if b"".join(self.piece(token) for token in tokens) != text.encode("utf-8"):
+                # e.g. a SentencePiece tokenizer that puts a space before the text.
+                tokens = []
+            self._forced[text] = tokens
+        return tokens
 
     # -- the async interface -----------------------------------------------------------------
 
@@ -426,27 +295,43 @@ class LlamaCppEngine:
             raise ModelFailure(detail="engine is closed")
         return _LlamaGeneration(self, request, asyncio.get_running_loop())
 
+    async def on_decode_thread(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the decode thread between two steps (llama.cpp calls that decode must
+        come from that thread; the bench's raw loop uses it)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+
+        def done(result: object, error: BaseException | None) -> None:
+            def settle() -> None:
+                if future.done():
+                    return
+                if error is not None:
+                    future.set_exception(error)
+                else:
+                    future.set_result(result)  # type: ignore[arg-type]
+
+            loop.call_soon_threadsafe(settle)
+
+        self.batcher.call(fn, done)
+        return await future
+
     async def aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
-        # Waits for the generation in progress (cancelled ones stop within a token).
-        await asyncio.get_running_loop().run_in_executor(None, self._executor.shutdown, True)
+        # Cancels what still runs (the app has ended its streams by now) and stops the loop.
+        await asyncio.get_running_loop().run_in_executor(None, self.batcher.close)
         self._free()
-
-
-_END = object()
 
 
 class _LlamaGeneration:
     def __init__(self, engine: LlamaCppEngine, request: GenerationRequest, loop: asyncio.AbstractEventLoop) -> None:
         self.stats = GenerationStats()
         self._engine = engine
-        self._request = request
         self._loop = loop
         self._queue: asyncio.Queue[object] = asyncio.Queue()
         self._cancelled = threading.Event()
-        self._future = loop.run_in_executor(engine._executor, self._run)
+        engine.batcher.submit(Sequence(request, self._put, self._cancelled, self.stats))
 
     def _put(self, item: object) -> None:
         try:
@@ -455,24 +340,13 @@ class _LlamaGeneration:
             # The event loop is gone (shutdown); nobody is reading any more.
             self._cancelled.set()
 
-    def _run(self) -> None:
-        try:
-            self._engine._generate(self._request, self._put, self._cancelled, self.stats)
-        except ServiceError as exc:
-            self._put(exc)
-        except Exception as exc:
-            logger.exception("generation failed")
-            self._put(ModelFailure(detail=f"{type(exc).__name__}: {exc}"))
-        else:
-            self._put(_END)
-
     def __aiter__(self) -> AsyncIterator[str]:
         return self._pieces()
 
     async def _pieces(self) -> AsyncIterator[str]:
         while True:
             item = await self._queue.get()
-            if item is _END:
+            if item is END:
                 return
             if isinstance(item, BaseException):
                 raise item
@@ -480,7 +354,8 @@ class _LlamaGeneration:
             yield item
 
     async def cancel(self) -> None:
-        # A request still queued for the worker is dropped; a running one stops at its next
-        # token. Nothing here waits for the worker, so a reader that leaves is never held up.
+        # A request still waiting is dropped when its turn comes; a running one leaves the batch
+        # at the next step. Nothing here waits for the decode thread, so a reader that leaves
+        # is never held up.
         self._cancelled.set()
-        self._future.cancel()
+        self._engine.batcher.wake()

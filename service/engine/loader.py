@@ -73,5 +73,7 @@ def load_engine(settings: Settings) -> Engine:
         gpu_layers=choose_gpu_layers(settings, path, gpu_offload_supported()),
         kv_cache_type=settings.kv_cache_type,
         flash_attn=settings.flash_attn,
+        parallel=settings.parallel,
+        jump_forward=settings.jump_forward,
     )
     return LlamaCppEngine(config, {"challenge": CHALLENGE_GRAMMAR_PATH.read_text(encoding="utf-8")})

@@ -26,6 +26,11 @@ class Utf8PieceDecoder:
         except UnicodeDecodeError as exc:
             raise IncompleteText(f"invalid UTF-8 from the model: {exc}") from exc
 
+    @property
+    def pending(self) -> bool:
+        """Whether bytes of an unfinished character are held."""
+        return bool(self._decoder.getstate()[0])
+
     def finish(self) -> None:
         """Raise if bytes of an unfinished character are still held."""
         try:

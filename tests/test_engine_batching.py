@@ -1,0 +1,117 @@
+"""The real engine with several requests at once: every answer valid, whatever else happens
+in the batch (requests joining, leaving, being evicted from a full cache)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from service.answer import parse_model_output, render
+from service.catalog import CATEGORIES
+from service.contract import PromptTooLong
+from service.engine import Generation, GenerationRequest
+from service.engine.base import FinishReason
+from service.engine.llama import LlamaConfig, LlamaCppEngine
+from service.grammar import CHALLENGE_GRAMMAR_PATH
+from service.prompts import base_info_messages
+from service.rendering import AnswerRenderer
+from service.serving import CHALLENGE_GRAMMAR, answer_token_budget
+
+GRAMMARS = {CHALLENGE_GRAMMAR: CHALLENGE_GRAMMAR_PATH.read_text(encoding="utf-8")}
+
+
+def make_engine(path: Path, **config: object) -> LlamaCppEngine:
+    return LlamaCppEngine(LlamaConfig(path, **config), GRAMMARS)  # type: ignore[arg-type]
+
+
+@pytest.fixture(scope="module")
+def engine(smollm_path: Path) -> Iterator[LlamaCppEngine]:
+    loaded = make_engine(smollm_path, parallel=4)
+    yield loaded
+    asyncio.run(loaded.aclose())
+
+
+def request(index: int, max_tokens: int | None = None) -> GenerationRequest:
+    category = CATEGORIES[index % len(CATEGORIES)]
+    return GenerationRequest(
+        messages=base_info_messages("도시", "사무직", category),
+        grammar=CHALLENGE_GRAMMAR,
+        max_tokens=max_tokens or answer_token_budget(),
+        temperature=0.7,
+        seed=index,
+    )
+
+
+async def read(generation: Generation, index: int) -> str:
+    """Reads the whole answer and checks what a consumer relies on."""
+    renderer = AnswerRenderer()
+    raw = []
+    async for piece in generation:
+        raw.append(piece)
+        renderer.feed(piece)
+    text = "".join(raw)
+    answer = parse_model_output(text, CATEGORIES[index % len(CATEGORIES)])
+    assert generation.stats.finish_reason is FinishReason.STOP
+    assert renderer.text == render(answer)
+    return text
+
+
+def test_four_requests_at_once_all_get_valid_answers_with_forced_text_jumped(engine: LlamaCppEngine) -> None:
+    async def run() -> list[Generation]:
+        generations: list[Generation] = [engine.submit(request(i)) for i in range(4)]
+        await asyncio.gather(*(read(g, i) for i, g in enumerate(generations)))
+        return generations
+
+    generations = asyncio.run(run())
+    for generation in generations:
+        stats = generation.stats
+        # The keys, the numbers and the punctuation between strings are never sampled.
+        assert stats.forced_tokens >= 10
+        assert stats.decode_steps < stats.generated_tokens
+    # The instructions were evaluated once and shared: later requests found them cached.
+    assert max(g.stats.cached_prompt_tokens for g in generations) > 0
+
+
+def test_a_request_that_leaves_the_batch_does_not_disturb_the_others(engine: LlamaCppEngine) -> None:
+    async def run() -> tuple[Generation, Generation]:
+        leaving = engine.submit(request(10))
+        staying = engine.submit(request(11))
+        reader = asyncio.create_task(read(staying, 11))
+        async for _ in leaving:
+            break  # one piece, then the reader goes away
+        await leaving.cancel()
+        await reader
+        return leaving, staying
+
+    leaving, staying = asyncio.run(run())
+    assert leaving.stats.finish_reason is FinishReason.CANCELLED
+    assert staying.stats.finish_reason is FinishReason.STOP
+
+
+def test_a_full_cache_preempts_and_recomputes_without_losing_an_answer(smollm_path: Path) -> None:
+    """A context that holds one request but not four: the youngest are evicted and evaluated
+    again later, and every reader still gets a whole, valid answer."""
+    small = make_engine(smollm_path, parallel=4, context_size=2560)
+    try:
+
+        async def run() -> list[Generation]:
+            generations: list[Generation] = [small.submit(request(30 + i, max_tokens=1400)) for i in range(4)]
+            await asyncio.gather(*(read(g, 30 + i) for i, g in enumerate(generations)))
+            return generations
+
+        generations = asyncio.run(run())
+    finally:
+        asyncio.run(small.aclose())
+    assert sum(g.stats.preemptions for g in generations) >= 1
+
+
+def test_a_prompt_that_cannot_fit_fails_alone(engine: LlamaCppEngine) -> None:
+    async def run() -> None:
+        async for _ in engine.submit(request(40, max_tokens=engine.n_ctx)):
+            pass
+
+    with pytest.raises(PromptTooLong):
+        asyncio.run(run())
