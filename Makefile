@@ -60,14 +60,18 @@ format: install-dev
 	$(VENV)/bin/ruff format service tests scripts
 	$(VENV)/bin/ruff check --fix service tests scripts
 
-# The session-store tests run against a real redis-server (Debian package), which the tests
-# start themselves on a free loopback port.
+# Debian packages the tests use for real: redis-server (the session-store tests start their own
+# on a free loopback port), chromium (tests/test_page.py drives the page in it, headless; no
+# browser is ever downloaded) and a Korean font, so the page's screenshot shows Hangul.
+TEST_PACKAGES := redis-server chromium fonts-nanum
 test-tools:
-	@command -v redis-server >/dev/null 2>&1 || { \
-	  echo "installing redis-server (Debian package) for the session-store tests"; \
+	@missing=""; for package in $(TEST_PACKAGES); do \
+	  dpkg -s "$$package" >/dev/null 2>&1 || missing="$$missing $$package"; done; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing Debian packages for the tests:$$missing"; \
 	  SUDO=$$([ "$$(id -u)" = 0 ] || echo sudo); \
-	  $$SUDO apt-get install -y -q redis-server >/dev/null 2>&1 \
-	    || { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q redis-server; }; }
+	  $$SUDO apt-get install -y -q $$missing >/dev/null 2>&1 \
+	    || { $$SUDO apt-get update -q >/dev/null && $$SUDO apt-get install -y -q $$missing; }; fi
 
 test: lint test-tools
 	$(PY) -m pytest

@@ -17,7 +17,8 @@ from service.contract import HTTP_MESSAGES, MSG_BAD_REQUEST, MSG_INVALID_CHOICE,
 from service.engine import Engine
 from service.logs import RequestIdMiddleware
 from service.metrics import Metrics
-from service.routes import error_response, health_router, router
+from service.page import render_page
+from service.routes import error_response, health_router, page_router, router
 from service.serving import RecommendationService
 from service.sessions import MemorySessionStore, SessionStore
 from service.settings import Settings
@@ -91,6 +92,9 @@ def create_app(settings: Settings, engine: Engine, sessions: SessionStore | None
     app.add_middleware(RequestIdMiddleware)
     app.include_router(router)
     app.include_router(health_router)
+    if settings.page_enabled:
+        render_page()  # a broken page template stops start-up, not the first visitor
+        app.include_router(page_router)
 
     @app.exception_handler(ServiceError)
     async def on_service_error(request: Request, exc: ServiceError) -> Response:

@@ -6,16 +6,18 @@ from collections.abc import AsyncGenerator
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
 from service.contract import EVENT_CLOSE, EVENT_ERROR, Body, NotReady, ServiceError
 from service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
+from service.page import render_page
 from service.protocol import BaseInfoBody, FreeTextBody, decode_twice_encoded, parse_base_info, parse_free_text
 from service.serving import RecommendationService
 from service.sse import event_stream
 
 router = APIRouter(prefix="/ai/chatbot/recommendation", tags=["recommendation"])
 health_router = APIRouter(tags=["health"])
+page_router = APIRouter(tags=["page"])
 
 
 def get_service(request: Request) -> RecommendationService:
@@ -122,3 +124,13 @@ async def ready(request: Request) -> JSONResponse:
 @health_router.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
 async def metrics(request: Request) -> Response:
     return Response(request.app.state.metrics.render(), media_type=METRICS_CONTENT_TYPE)
+
+
+@page_router.get("/", include_in_schema=False)
+async def page() -> HTMLResponse:
+    """A page to try the service in a browser (LEAFRESH_PAGE_ENABLED=false turns it off)."""
+    html, policy = render_page()
+    return HTMLResponse(
+        html,
+        headers={"Content-Security-Policy": policy, "X-Content-Type-Options": "nosniff", "Cache-Control": "no-cache"},
+    )

@@ -111,6 +111,9 @@ class Settings(BaseSettings):
         default="씨발,시발,병신,개새끼,좆,꺼져,닥쳐,fuck",
         description="Comma-separated words that get the chatbot's guide instead of a model call.",
     )
+    page_enabled: bool = Field(
+        default=True, description="Serve the page at / to try the service in a browser; false answers 404 there."
+    )
     log_level: str = Field(default="INFO", description="Python log level: DEBUG, INFO, WARNING, ERROR.")
 
     @field_validator("log_level")
