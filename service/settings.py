@@ -72,7 +72,7 @@ class Settings(BaseSettings):
         default=None,
         ge=0,
         lt=2**32,
-        description="Fixed sampling seed for reproducible answers. Empty: a new seed per request.",
+        description="Fixed sampling seed (same prompt and cache layout, same answer). Empty: a new seed per request.",
     )
     ping_interval_s: float = Field(
         default=15.0, gt=0, le=300, description="Seconds between keep-alive comments on a stream."

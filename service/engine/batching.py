@@ -179,6 +179,9 @@ class Batcher:
                 self._start(sequence)
             except ServiceError as exc:
                 self._fail(sequence, exc)
+            except Exception as exc:  # its reader must hear of it, whatever it is
+                logger.exception("starting a generation failed")
+                self._fail(sequence, ModelFailure(detail=f"{type(exc).__name__}: {exc}"))
 
     def _prompt(self, sequence: Sequence) -> list[int]:
         if not sequence.prompt:
