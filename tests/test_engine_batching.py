@@ -115,3 +115,26 @@ def test_a_prompt_that_cannot_fit_fails_alone(engine: LlamaCppEngine) -> None:
 
     with pytest.raises(PromptTooLong):
         asyncio.run(run())
+
+
+def test_a_request_past_its_deadline_leaves_the_batch_and_the_other_finishes(engine: LlamaCppEngine) -> None:
+    async def run() -> tuple[Generation, Generation]:
+        hurried = engine.submit(
+            GenerationRequest(
+                messages=request(50).messages,
+                grammar=CHALLENGE_GRAMMAR,
+                max_tokens=answer_token_budget(),
+                seed=50,
+                deadline_s=0.3,
+            )
+        )
+        patient = engine.submit(request(51))
+        reader = asyncio.create_task(read(patient, 51))
+        async for _ in hurried:
+            pass
+        await reader
+        return hurried, patient
+
+    hurried, patient = asyncio.run(run())
+    assert hurried.stats.finish_reason is FinishReason.DEADLINE
+    assert patient.stats.finish_reason is FinishReason.STOP
