@@ -99,7 +99,6 @@ class Batcher:
         self._closing = False
         self._room_wanted = False  # a sequence was preempted: admit nobody until one finishes
         self.holder_tokens: list[int] = []
-        self.preemptions = 0
         self._thread = threading.Thread(target=self.run, name="llama-decode", daemon=True)
         self._thread.start()
 
@@ -385,7 +384,6 @@ class Batcher:
         victim.cached = []
         victim.seq_id = -1
         victim.stats.preemptions += 1
-        self.preemptions += 1
         self._room_wanted = True
         with self._wake:
             self._waiting.appendleft(victim)

@@ -231,9 +231,7 @@ class LlamaCppEngine:
     def _token_text(self, token: int) -> str:
         if token < 0:
             return ""
-        buf = ctypes.create_string_buffer(256)
-        size = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, True)
-        return buf.raw[: max(size, 0)].decode("utf-8", "replace")
+        return self._piece_uncached(token, special=True).decode("utf-8", "replace")
 
     def piece(self, token: int) -> bytes:
         """The bytes ``token`` stands for (part of a character, for byte-level tokenizers)."""
@@ -242,12 +240,13 @@ class LlamaCppEngine:
             piece = self._pieces[token] = self._piece_uncached(token)
         return piece
 
-    def _piece_uncached(self, token: int) -> bytes:
+    def _piece_uncached(self, token: int, special: bool = False) -> bytes:
+        """``special``: control tokens as their text (``</s>``), not as nothing."""
         buf = ctypes.create_string_buffer(64)
-        size = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        size = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         if size < 0:
             buf = ctypes.create_string_buffer(-size)
-            size = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+            size = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         return buf.raw[:size]
 
     def _tokenize(self, text: str, special: bool) -> list[int]:
