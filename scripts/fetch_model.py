@@ -30,7 +30,7 @@ def main() -> int:
     catalog = load_catalog()
     if args.list or not args.model:
         for model in catalog.values():
-            where = model.repo or "PyPI"
+            where = "stand-in (scripts/standin_model.py)" if model.standin else model.repo or "PyPI"
             sys.stdout.write(f"{model.id:<36} {where}/{model.file}  ({model.license})\n")
         return 0
     try:

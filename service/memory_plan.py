@@ -182,7 +182,7 @@ def gguf_file_type(path: Path) -> int | None:
     return None if value is None else int(value)
 
 
-def _q4_k_m_more_bits(layer: int, n_layer: int) -> bool:
+def q4_k_m_more_bits(layer: int, n_layer: int) -> bool:
     # llama.cpp's Q4_K_M recipe gives attn_v and ffn_down Q6_K in these layers, Q4_K elsewhere.
     return layer < n_layer // 8 or layer >= 7 * n_layer // 8 or (layer - n_layer // 8) % 3 == 2
 
@@ -199,7 +199,7 @@ def shape_from_published(
     q4, q6, f32 = _BYTES_PER_WEIGHT["Q4_K"], _BYTES_PER_WEIGHT["Q6_K"], _BYTES_PER_WEIGHT["F32"]
     layers = []
     for layer in range(n_layer):
-        more = q6 if _q4_k_m_more_bits(layer, n_layer) else q4
+        more = q6 if q4_k_m_more_bits(layer, n_layer) else q4
         weights = (n_embd * n_embd * 2 + n_embd * kv_dim + n_embd * n_ff * 2) * q4  # q, o, k, gate, up
         weights += (n_embd * kv_dim + n_ff * n_embd) * more  # v, down
         weights += 2 * n_embd * f32  # the two norms

