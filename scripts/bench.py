@@ -73,7 +73,7 @@ def bench_ceiling(model: Path, runs: int, temperature: float) -> list[float]:
 
     def loop() -> None:
         memory = llama_cpp.llama_get_memory(engine.ctx)
-        prompt = engine.tokenize(engine.formatter.format(MESSAGES))
+        prompt = engine.prompt_tokens(MESSAGES)
         for seed in range(runs):
             rng = np.random.default_rng(seed)
             llama_cpp.llama_memory_clear(memory, True)

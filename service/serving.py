@@ -82,6 +82,9 @@ class _Job:
     first_piece_seconds: float | None = None
     generated_tokens: int = 0
     tokens_per_second: float = 0.0
+    prompt_tokens: int = 0
+    # Prompt tokens whose KV cache was shared with an earlier prompt instead of evaluated.
+    cached_prompt_tokens: int = 0
 
 
 class RecommendationService:
@@ -302,6 +305,8 @@ class RecommendationService:
             stats = generation.stats
             job.generated_tokens = stats.generated_tokens
             job.tokens_per_second = stats.tokens_per_second
+            job.prompt_tokens = stats.prompt_tokens
+            job.cached_prompt_tokens = stats.cached_prompt_tokens
             metrics.tokens.inc(stats.generated_tokens)
             metrics.forced_tokens.inc(stats.forced_tokens)
             metrics.preemptions.inc(stats.preemptions)
@@ -355,7 +360,8 @@ class RecommendationService:
     def _log_done(self, job: _Job) -> None:
         first = f"{job.first_piece_seconds:.2f}s" if job.first_piece_seconds is not None else "-"
         logger.info(
-            "%s answered: category=%s tokens=%d tokens_per_s=%.1f first_piece=%s history_turns=%d/%d",
+            "%s answered: category=%s tokens=%d tokens_per_s=%.1f first_piece=%s history_turns=%d/%d "
+            "prompt_tokens=%d cached_prompt_tokens=%d",
             job.route,
             job.category.code,
             job.generated_tokens,
@@ -363,6 +369,8 @@ class RecommendationService:
             first,
             job.history_used,
             job.history_total,
+            job.prompt_tokens,
+            job.cached_prompt_tokens,
         )
 
 

@@ -184,7 +184,7 @@ class Batcher:
 
     def _prompt(self, sequence: Sequence) -> list[int]:
         if not sequence.prompt:
-            sequence.prompt = self._engine.tokenize(self._engine.formatter.format(sequence.request.messages))
+            sequence.prompt = self._engine.prompt_tokens(sequence.request.messages)
         return sequence.prompt
 
     def _better_shared_later(self, sequence: Sequence) -> bool:

@@ -109,13 +109,17 @@ class LlamaCppEngine:
             self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
             self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
             self._bos = llama_cpp.llama_vocab_bos(self.vocab)
+            self._add_bos = self._bos >= 0 and bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
             self._pieces: dict[int, bytes] = {}
             self._forced: dict[str, list[int]] = {}
+            # Whether the tokenizer writes a word-start space before the text it is given.
+            self._space_prefix = self.piece(self._tokenize("a", parse_special=False)[0]).startswith(b" ")
             template = llama_cpp.llama_model_chat_template(self._model, None)
             self.formatter = ChatFormatter(
                 template.decode("utf-8") if template else None,
                 bos_token=self._token_text(self._bos),
                 eos_token=self._token_text(llama_cpp.llama_vocab_eos(self.vocab)),
+                control_texts=self._control_texts(),
             )
             for name, text in grammars.items():
                 self.grammars[name] = self._compile_grammar(name, text)
@@ -228,6 +232,16 @@ class LlamaCppEngine:
 
     # -- tokens ------------------------------------------------------------------------------
 
+    def _control_texts(self) -> list[str]:
+        """The text of every token that only special-token parsing produces (llama.cpp parses
+        control and unknown tokens only then; user-defined ones always)."""
+        parsed_only = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
+        return [
+            self._token_text(token)
+            for token in range(self.n_vocab)
+            if llama_cpp.llama_vocab_get_attr(self.vocab, token) & parsed_only
+        ]
+
     def _token_text(self, token: int) -> str:
         if token < 0:
             return ""
@@ -249,43 +263,84 @@ class LlamaCppEngine:
             size = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
         return buf.raw[:size]
 
-    def _tokenize(self, text: str, special: bool) -> list[int]:
+    def _tokenize(self, text: str, parse_special: bool) -> list[int]:
+        """``text``'s tokens, never with a BOS or EOS added by the tokenizer (``prompt_tokens``
+        decides about BOS); ``parse_special``: control-token text becomes control tokens."""
         data = text.encode("utf-8")
         capacity = len(data) + 8
         tokens = (llama_cpp.llama_token * capacity)()
-        count = llama_cpp.llama_tokenize(self.vocab, data, len(data), tokens, capacity, special, special)
+        count = llama_cpp.llama_tokenize(self.vocab, data, len(data), tokens, capacity, False, parse_special)
         if count < 0:
             capacity = -count
             tokens = (llama_cpp.llama_token * capacity)()
-            count = llama_cpp.llama_tokenize(self.vocab, data, len(data), tokens, capacity, special, special)
+            count = llama_cpp.llama_tokenize(self.vocab, data, len(data), tokens, capacity, False, parse_special)
         return list(tokens[:count])
 
-    def tokenize(self, text: str) -> list[int]:
-        """A whole prompt's tokens, with the special tokens its template writes."""
-        result = self._tokenize(text, special=True)
-        # A template that writes the BOS text itself, plus the tokenizer adding one: keep one.
-        if len(result) >= 2 and result[0] == result[1] == self._bos:
-            result = result[1:]
+    def prompt_tokens(self, messages: tuple[ChatMessage, ...]) -> list[int]:
+        """The prompt for ``messages``, as the decode loop evaluates it: the chat template's text
+        with the control tokens it writes, and exactly one BOS where the model wants one.
+
+        Some templates write ``bos_token`` themselves (Mistral's), others leave it to the
+        tokenizer (gemma through our fallback layout). Asking the tokenizer to add one as well
+        gives two, which llama.cpp only warns about; so it never adds one, and we add it here
+        unless the template did."""
+        tokens = self._tokenize(self.formatter.format(messages), parse_special=True)
+        if self._space_prefix:
+            tokens = self._without_injected_spaces(tokens)
+        if self._add_bos and (not tokens or tokens[0] != self._bos):
+            tokens.insert(0, self._bos)
+        return tokens
+
+    def _without_injected_spaces(self, tokens: list[int]) -> list[int]:
+        """A SentencePiece tokenizer with a word-start space prefix (Mistral's) gets one added by
+        llama.cpp to *every* text after a control token, so the template's ``[INST] 너는`` came
+        out as ``[INST]▁▁너는`` on every turn. Mistral's own tokenizer (mistral-common) and
+        Hugging Face's add it only at the very start of the text; so does this."""
+        result: list[int] = []
+        start = 0
+        while start < len(tokens):
+            end = start
+            while end < len(tokens) and not llama_cpp.llama_vocab_is_control(self.vocab, tokens[end]):
+                end += 1
+            run = tokens[start:end]
+            text = b"".join(self.piece(token) for token in run)
+            if start > 0 and text.startswith(b" "):
+                rest = text[1:].decode("utf-8")
+                run = (self._spelling(rest) or run) if rest else []
+            result += run
+            if end < len(tokens):
+                result.append(tokens[end])
+            start = end + 1
         return result
 
     def count_tokens(self, messages: tuple[ChatMessage, ...]) -> int:
-        return len(self.tokenize(self.formatter.format(messages)))
+        return len(self.prompt_tokens(messages))
 
     def forced_tokens(self, text: str) -> list[int]:
         """The tokens to append for ``text`` the grammar forces: the model's own tokenization of
-        it, or none where that would not spell it exactly. A trailing space is left to the
+        it, or none where no tokenization spells it exactly. A trailing space is left to the
         model: its tokenizer joins a space to the word after it."""
         text = text.rstrip(" ")
         if not text:
             return []
         tokens = self._forced.get(text)
         if tokens is None:
-            tokens = self._tokenize(text, special=False)
-            if b"".join(self.piece(token) for token in tokens) != text.encode("utf-8"):
-                # e.g. a SentencePiece tokenizer that puts a space before the text.
-                tokens = []
-            self._forced[text] = tokens
+            tokens = self._forced[text] = self._spelling(text)
         return tokens
+
+    def _spelling(self, text: str) -> list[int]:
+        # A SentencePiece tokenizer puts a word-start space before text that opens what it is
+        # given (llama.cpp's add_space_prefix: Mistral's, not SmolLM2's or gemma's), so the
+        # tokens of `","challenges"` alone would spell ` ","challenges"`. Behind a newline,
+        # which it writes as a byte token that merges with nothing, there is no such space.
+        wanted = text.encode("utf-8")
+        for lead in ("", "\n"):
+            before = self._tokenize(lead, parse_special=False) if lead else []
+            tokens = self._tokenize(lead + text, parse_special=False)
+            rest = tokens[len(before) :]
+            if tokens[: len(before)] == before and b"".join(self.piece(token) for token in rest) == wanted:
+                return rest
+        return []
 
     # -- the async interface -----------------------------------------------------------------
 
