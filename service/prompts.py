@@ -9,7 +9,16 @@ from service.catalog import Category
 from service.engine import ChatMessage
 from service.sessions import Turn
 
-INSTRUCTIONS = """너는 친환경 생활 챌린지를 추천하는 한국어 도우미 '리프레시'야.
+# The answer the instructions show the model; also the yardstick of a typical answer's length.
+EXAMPLE_ANSWER = (
+    '{"recommend":"도시에서 일하는 사무직을 위한 제로웨이스트 챌린지를 추천해요.","challenges":['
+    '{"title":"1. 텀블러 사용하기","description":"카페에서 일회용 컵 대신 텀블러에 음료를 받아요."},'
+    '{"title":"2. 장바구니 챙기기","description":"장을 볼 때 비닐봉투 대신 장바구니를 써요."},'
+    '{"title":"3. 종이 영수증 거절","description":"결제할 때 종이 영수증 대신 전자 영수증을 받아요."}]}'
+)
+
+INSTRUCTIONS = (
+    """너는 친환경 생활 챌린지를 추천하는 한국어 도우미 '리프레시'야.
 사용자의 상황에 맞는 구체적인 친환경 챌린지 3개를 추천해.
 규칙:
 - 모든 문장은 한국어로 쓰고 이모지는 쓰지 마.
@@ -17,7 +26,9 @@ INSTRUCTIONS = """너는 친환경 생활 챌린지를 추천하는 한국어 �
 - 각 챌린지의 title은 번호로 시작하는 짧은 제목이고, description은 오늘 바로 할 수 있는 행동을 한두 문장으로 설명해.
 - 답은 JSON 한 줄로만 써.
 예시:
-{"recommend":"도시에서 일하는 사무직을 위한 제로웨이스트 챌린지를 추천해요.","challenges":[{"title":"1. 텀블러 사용하기","description":"카페에서 일회용 컵 대신 텀블러에 음료를 받아요."},{"title":"2. 장바구니 챙기기","description":"장을 볼 때 비닐봉투 대신 장바구니를 써요."},{"title":"3. 종이 영수증 거절","description":"결제할 때 종이 영수증 대신 전자 영수증을 받아요."}]}"""
+"""
+    + EXAMPLE_ANSWER
+)
 
 
 def base_info_messages(location: str, work_type: str, category: Category) -> tuple[ChatMessage, ...]:

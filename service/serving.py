@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import math
 import re
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import aclosing
@@ -35,11 +36,12 @@ from service.contract import (
     token_body,
 )
 from service.conversation import steer
-from service.engine import ChatMessage, Engine, FinishReason, GenerationRequest
+from service.deadline import AUTO_MAX_S, plan_deadline
+from service.engine import ChatMessage, Engine, FinishReason, GenerationRequest, GenerationStats
 from service.grammar import load_challenge_grammar
 from service.logs import request_stats
 from service.metrics import Metrics
-from service.prompts import base_info_messages, free_text_messages
+from service.prompts import EXAMPLE_ANSWER, base_info_messages, free_text_messages
 from service.protocol import BaseInfoRequest, FreeTextRequest
 from service.rendering import AnswerRenderer
 from service.sessions import Session, SessionStore, SessionUpdate, Turn
@@ -50,6 +52,10 @@ logger = logging.getLogger(__name__)
 CHALLENGE_GRAMMAR = "challenge"
 # A syllable that byte-level tokenizers split into three tokens: the costliest text to send.
 _COSTLIEST_SYLLABLE = "뷁"
+# Tokens the warm-up generates: enough to time the decode loop (see _plan_deadline).
+WARM_UP_TOKENS = 16
+# Answers run this many times the example's length in tokens (measured: see the README).
+TYPICAL_OVER_EXAMPLE = 2.0
 
 # Abusive messages get no model call: the user learns what the chatbot is for instead.
 GUIDE_ANSWER = Answer(recommend=MSG_GUIDE, challenges=[])
@@ -104,6 +110,9 @@ class RecommendationService:
             metrics=self.metrics,
         )
         self.max_tokens = answer_token_budget()
+        timeout = settings.generation_timeout_s
+        # auto: generous until warm-up has measured this machine's speed (see service.deadline).
+        self.generation_deadline_s = AUTO_MAX_S if timeout == "auto" else timeout
         self._prompt_budget = engine.info.context_size - self.max_tokens
         check_schema_loads()
 
@@ -132,13 +141,36 @@ class RecommendationService:
             )
 
     async def warm_up(self) -> None:
-        """One token of a real base-info prompt: loads the instructions into the KV cache."""
+        """The start of a real base-info answer: loads the instructions into the KV cache, and
+        measures this machine's decode speed, which the auto generation deadline follows."""
         category = CATEGORIES[0]
         messages = base_info_messages("도시", "사무직", category)
-        request = GenerationRequest(messages=messages, grammar=CHALLENGE_GRAMMAR, max_tokens=1, temperature=0.0)
+        request = GenerationRequest(
+            messages=messages, grammar=CHALLENGE_GRAMMAR, max_tokens=WARM_UP_TOKENS, temperature=0.0
+        )
         generation = self.engine.submit(request)
         async for _ in generation:
             pass
+        if self.settings.generation_timeout_s == "auto":
+            self._plan_deadline(generation.stats)
+
+    def _plan_deadline(self, stats: GenerationStats) -> None:
+        # Sampled steps, not tokens: the forced ones come in bulk and would flatter the speed.
+        speed = stats.decode_steps / stats.decode_seconds if stats.decode_seconds > 0 else 0.0
+        example = self.engine.count_text_tokens(EXAMPLE_ANSWER)
+        per_byte = example / len(EXAMPLE_ANSWER.encode("utf-8"))
+        longest = min(self.max_tokens, math.ceil(load_challenge_grammar().max_bytes() * per_byte))
+        plan = plan_deadline(speed, round(example * TYPICAL_OVER_EXAMPLE), longest)
+        self.generation_deadline_s = plan.deadline_s
+        logger.info("generation deadline: %s", plan.describe())
+        if plan.too_slow:
+            logger.warning(
+                "on this machine a typical answer takes about %.0f s, past the %.0f s deadline and the Spring relay's "
+                "300 s: most requests will end with 504. Offload layers to a GPU (LEAFRESH_GPU_LAYERS) or serve a "
+                "smaller model",
+                plan.typical_answer_s,
+                plan.deadline_s,
+            )
 
     # -- base-info ---------------------------------------------------------------------------
 
@@ -268,7 +300,7 @@ class RecommendationService:
             max_tokens=self.max_tokens,
             temperature=self.settings.temperature,
             seed=self.settings.seed,
-            deadline_s=self.settings.generation_timeout_s,
+            deadline_s=self.generation_deadline_s,
         )
 
     async def _pieces(self, job: _Job) -> AsyncGenerator[str, None]:
@@ -316,7 +348,7 @@ class RecommendationService:
             request_stats().update(tokens=stats.generated_tokens, first_piece_s=job.first_piece_seconds)
         if generation.stats.finish_reason is FinishReason.DEADLINE:
             metrics.deadline_hits.labels(stage="generation").inc()
-            raise DeadlineExceeded(detail=f"generation ran past {self.settings.generation_timeout_s}s")
+            raise DeadlineExceeded(detail=f"generation ran past {self.generation_deadline_s:.0f}s")
         try:
             answer = parse_model_output("".join(raw), job.category)
         except ModelFailure:

@@ -82,7 +82,13 @@ class Settings(BaseSettings):
         default=16, ge=0, le=10000, description="Requests that may wait for the engine; beyond, 503 + Retry-After."
     )
     queue_timeout_s: float = Field(default=60.0, gt=0, le=3600, description="Longest wait for the engine before 503.")
-    generation_timeout_s: float = Field(default=120.0, gt=0, le=3600, description="Longest generation before 504.")
+    generation_timeout_s: float | Literal["auto"] = Field(
+        default="auto",
+        description=(
+            "Longest generation before 504, in seconds, or auto: the time the longest answer takes at the decode "
+            "speed measured at warm-up, with a quarter to spare, between 120 and 280 s (the Spring relay gives up at 300 s)."
+        ),
+    )
     retry_after_s: int = Field(default=5, ge=1, le=3600, description="Retry-After seconds sent with 503.")
     send_timeout_s: float = Field(
         default=30.0,
@@ -129,6 +135,13 @@ class Settings(BaseSettings):
     def _layers_in_range(cls, value: int | str) -> int | str:
         if isinstance(value, int) and value < -1:
             raise ValueError("must be -1 (all), 0 (CPU only), a positive number or auto")
+        return value
+
+    @field_validator("generation_timeout_s")
+    @classmethod
+    def _timeout_in_range(cls, value: float | str) -> float | str:
+        if not isinstance(value, str) and not 0 < value <= 3600:
+            raise ValueError("must be auto or a number of seconds above 0 and at most 3600")
         return value
 
     @model_validator(mode="after")

@@ -44,7 +44,15 @@ class ScriptedGeneration:
                 self.stats.finish_reason = FinishReason.DEADLINE
                 return
             self.stats.generated_tokens += 1
+            self.stats.decode_steps += 1
+            simulated = self._engine.simulated_step_s
+            self.stats.decode_seconds = (
+                self.stats.decode_steps * simulated if simulated is not None else time.monotonic() - started
+            )
             yield output[start : start + step]
+            if self.stats.generated_tokens >= self._request.max_tokens:
+                self.stats.finish_reason = FinishReason.LENGTH
+                return
         self.stats.finish_reason = FinishReason.STOP
 
     async def cancel(self) -> None:
@@ -53,9 +61,16 @@ class ScriptedGeneration:
 
 class ScriptedEngine:
     def __init__(
-        self, output: str = GOOD_OUTPUT, piece_size: int = 3, fail_after: int | None = None, delay_s: float = 0.0
+        self,
+        output: str = GOOD_OUTPUT,
+        piece_size: int = 3,
+        fail_after: int | None = None,
+        delay_s: float = 0.0,
+        simulated_step_s: float | None = None,
     ) -> None:
         self.output = output
+        # Reported as each step's decode time without sleeping: a slow machine, simulated.
+        self.simulated_step_s = simulated_step_s
         self.piece_size = piece_size
         self.fail_after = fail_after
         self.delay_s = delay_s
@@ -70,6 +85,9 @@ class ScriptedEngine:
 
     def count_tokens(self, messages: tuple[ChatMessage, ...]) -> int:
         return sum(len(message.content) for message in messages)
+
+    def count_text_tokens(self, text: str) -> int:
+        return len(text)
 
     async def aclose(self) -> None:
         self.closed = True

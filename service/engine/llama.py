@@ -316,6 +316,9 @@ class LlamaCppEngine:
     def count_tokens(self, messages: tuple[ChatMessage, ...]) -> int:
         return len(self.prompt_tokens(messages))
 
+    def count_text_tokens(self, text: str) -> int:
+        return len(self._tokenize(text, parse_special=False))
+
     def forced_tokens(self, text: str) -> list[int]:
         """The tokens to append for ``text`` the grammar forces: the model's own tokenization of
         it, or none where no tokenization spells it exactly. A trailing space is left to the

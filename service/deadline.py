@@ -1,0 +1,55 @@
+"""How long one generation may run: a fixed ``LEAFRESH_GENERATION_TIMEOUT_S``, or (``auto``, the
+default) a deadline that follows the decode speed this machine showed at warm-up.
+
+Why: the production model (Mistral-7B-Instruct-v0.3 Q4_K_M) on 2 CPU cores decodes about 3.6
+tokens/s, and its tokenizer spends about 2.25 tokens per Korean syllable of our answer's JSON, so
+one answer takes minutes. A fixed 120 s deadline failed every such request with 504 (issue #11),
+while the tiny models and any GPU finish in seconds. Past 280 s nothing is gained: the Spring
+relay gives up on a stream after 300 s, so the deadline must leave it time to see ``close``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+AUTO_MIN_S = 120.0
+# The Spring relay's emitter gives up after 300 s; keep room for the error and close events.
+AUTO_MAX_S = 280.0
+# The deadline covers the longest answer the grammar allows, with this much to spare.
+MARGIN = 1.25
+
+
+@dataclass(frozen=True)
+class DeadlinePlan:
+    deadline_s: float
+    tokens_per_s: float
+    typical_answer_tokens: int
+    longest_answer_tokens: int
+
+    @property
+    def typical_answer_s(self) -> float:
+        return self.typical_answer_tokens / self.tokens_per_s if self.tokens_per_s > 0 else float("inf")
+
+    @property
+    def longest_answer_s(self) -> float:
+        return self.longest_answer_tokens / self.tokens_per_s if self.tokens_per_s > 0 else float("inf")
+
+    @property
+    def too_slow(self) -> bool:
+        """Even a typical answer would not finish in time: most requests will end with 504."""
+        return self.typical_answer_s > self.deadline_s
+
+    def describe(self) -> str:
+        return (
+            f"decode {self.tokens_per_s:.1f} tokens/s at warm-up: a typical answer (~{self.typical_answer_tokens} tokens) "
+            f"takes about {self.typical_answer_s:.0f} s, the longest the grammar allows (~{self.longest_answer_tokens} "
+            f"tokens) about {self.longest_answer_s:.0f} s; generation deadline {self.deadline_s:.0f} s"
+        )
+
+
+def plan_deadline(tokens_per_s: float, typical_answer_tokens: int, longest_answer_tokens: int) -> DeadlinePlan:
+    """The auto deadline: time for the longest answer at the measured speed, with a margin,
+    never under ``AUTO_MIN_S`` (a slow moment must not fail fast machines) nor over ``AUTO_MAX_S``."""
+    wanted = MARGIN * longest_answer_tokens / tokens_per_s if tokens_per_s > 0 else AUTO_MAX_S
+    deadline = min(max(wanted, AUTO_MIN_S), AUTO_MAX_S)
+    return DeadlinePlan(deadline, tokens_per_s, typical_answer_tokens, longest_answer_tokens)

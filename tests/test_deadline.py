@@ -1,0 +1,59 @@
+"""The generation deadline: fixed, or following the decode speed measured at warm-up."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+
+from service.deadline import AUTO_MAX_S, AUTO_MIN_S, plan_deadline
+from service.serving import RecommendationService
+from service.sessions import MemorySessionStore
+from service.settings import Settings
+from tests.fakes import ScriptedEngine
+
+
+def test_a_fast_machine_keeps_the_floor() -> None:
+    plan = plan_deadline(tokens_per_s=80.0, typical_answer_tokens=400, longest_answer_tokens=1974)
+    assert plan.deadline_s == AUTO_MIN_S and not plan.too_slow
+
+
+def test_a_slow_machine_gets_time_for_the_longest_answer() -> None:
+    plan = plan_deadline(tokens_per_s=12.0, typical_answer_tokens=400, longest_answer_tokens=1974)
+    assert plan.deadline_s == pytest.approx(1.25 * 1974 / 12.0)
+    assert AUTO_MIN_S < plan.deadline_s < AUTO_MAX_S
+
+
+def test_the_production_model_on_two_cores_stops_short_of_the_relay_and_says_so() -> None:
+    # Mistral-7B Q4_K_M on 2 CPU cores: about 3.6 tokens/s (issue #11).
+    plan = plan_deadline(tokens_per_s=3.6, typical_answer_tokens=1100, longest_answer_tokens=1974)
+    assert plan.deadline_s == AUTO_MAX_S < 300
+    assert plan.too_slow and "generation deadline 280 s" in plan.describe()
+
+
+def service_after_warm_up(settings: Settings, step_s: float) -> RecommendationService:
+    """Warmed up on a machine that takes ``step_s`` per decode step (one token per character
+    on the scripted engine: the example answer is about 200 tokens, the longest about 830)."""
+    engine = ScriptedEngine(simulated_step_s=step_s)
+    service = RecommendationService(engine, settings, MemorySessionStore(10, 5, 60))
+    asyncio.run(service.warm_up())
+    return service
+
+
+def test_auto_follows_the_warm_up_and_a_number_stays_fixed(caplog: pytest.LogCaptureFixture) -> None:
+    assert Settings(_env_file=None).generation_timeout_s == "auto"
+    with caplog.at_level(logging.INFO, logger="service.serving"):
+        fast = service_after_warm_up(Settings(_env_file=None), step_s=0.001)
+    assert fast.generation_deadline_s == AUTO_MIN_S
+    assert "generation deadline:" in caplog.text
+    slow = service_after_warm_up(Settings(_env_file=None), step_s=0.2)
+    assert AUTO_MIN_S < slow.generation_deadline_s < AUTO_MAX_S
+    fixed = service_after_warm_up(Settings(_env_file=None, generation_timeout_s=30), step_s=0.2)
+    assert fixed.generation_deadline_s == 30
+
+
+def test_a_machine_too_slow_for_a_typical_answer_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.WARNING, logger="service.serving"):
+        service_after_warm_up(Settings(_env_file=None), step_s=2.0)
+    assert "most requests will end with 504" in caplog.text
