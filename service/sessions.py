@@ -125,6 +125,14 @@ class MemorySessionStore:
         self._sessions.clear()
 
 
+# Concurrent calls for one session each retry their write this many times.
+_APPLY_ATTEMPTS = 16
+
+
+class SessionCorrupt(Exception):
+    """A session's keys cannot take the update; nothing was written."""
+
+
 class RedisSessionStore:
     """A hash for the session's fields and a list for its turns, under one key prefix; both
     expire after the idle time, and every read or write renews them."""
@@ -138,8 +146,9 @@ class RedisSessionStore:
         self.prefix = prefix
 
     def _keys(self, session_id: str) -> tuple[str, str]:
-        base = f"{self.prefix}{session_id}"
-        return base, f"{base}:turns"
+        # The kind comes before the id: with the id last, "V" + ":turns" was session
+        # "V:turns"'s fields key, and a base-info call for it destroyed V (issue #13).
+        return f"{self.prefix}fields:{session_id}", f"{self.prefix}turns:{session_id}"
 
     async def ping(self) -> None:
         await self._redis.ping()
@@ -163,21 +172,37 @@ class RedisSessionStore:
         )
 
     async def apply(self, session_id: str, update: SessionUpdate) -> None:
+        """All of the update or none of it: MULTI does not roll back a command that fails, so
+        the keys' types are checked under WATCH first, and a concurrent write retries."""
+        from redis.exceptions import WatchError
+
         fields_key, turns_key = self._keys(session_id)
         fields = {"category": update.category, "location": update.location or "", "work_type": update.work_type or ""}
-        async with self._redis.pipeline(transaction=True) as pipe:
-            if update.reset:
-                pipe.delete(fields_key, turns_key)
-                fields["base_category"] = update.base_category or update.category
-            else:
-                # A session first seen in free-text starts from the default base category.
-                pipe.hsetnx(fields_key, "base_category", DEFAULT_CATEGORY_CODE)
-            pipe.hset(fields_key, mapping=fields)
-            pipe.rpush(turns_key, json.dumps(update.turn.model_dump(), ensure_ascii=False))
-            pipe.ltrim(turns_key, -self.max_turns, -1)
-            pipe.expire(fields_key, self.idle_ttl_s)
-            pipe.expire(turns_key, self.idle_ttl_s)
-            await pipe.execute()
+        turn = json.dumps(update.turn.model_dump(), ensure_ascii=False)
+        for _ in range(_APPLY_ATTEMPTS):
+            async with self._redis.pipeline(transaction=True) as pipe:
+                try:
+                    await pipe.watch(fields_key, turns_key)
+                    kinds = (await pipe.type(fields_key), await pipe.type(turns_key))
+                    if kinds[0] not in ("hash", "none") or kinds[1] not in ("list", "none"):
+                        raise SessionCorrupt(f"session keys hold {kinds[0]}/{kinds[1]}, not hash/list")
+                    pipe.multi()
+                    if update.reset:
+                        pipe.delete(fields_key, turns_key)
+                        fields["base_category"] = update.base_category or update.category
+                    else:
+                        # A session first seen in free-text starts from the default base category.
+                        pipe.hsetnx(fields_key, "base_category", DEFAULT_CATEGORY_CODE)
+                    pipe.hset(fields_key, mapping=fields)
+                    pipe.rpush(turns_key, turn)
+                    pipe.ltrim(turns_key, -self.max_turns, -1)
+                    pipe.expire(fields_key, self.idle_ttl_s)
+                    pipe.expire(turns_key, self.idle_ttl_s)
+                    await pipe.execute()
+                    return
+                except WatchError:
+                    continue  # another call for this session wrote first: both land
+        raise SessionCorrupt(f"session kept changing during {_APPLY_ATTEMPTS} attempts")
 
     async def aclose(self) -> None:
         await self._redis.aclose()

@@ -9,7 +9,14 @@ from typing import Any
 
 import pytest
 
-from service.sessions import MemorySessionStore, RedisSessionStore, SessionStore, SessionUpdate, Turn
+from service.sessions import (
+    MemorySessionStore,
+    RedisSessionStore,
+    SessionCorrupt,
+    SessionStore,
+    SessionUpdate,
+    Turn,
+)
 from tests.conftest import RedisServer
 
 
@@ -132,5 +139,36 @@ def test_redis_sessions_survive_a_new_store_instance(redis_server: RedisServer) 
         session = await second.load("s")
         assert [turn.message for turn in session.turns] == ["메시지 1"] and session.category == "VEGAN"
         await second.aclose()
+
+    run(scenario())
+
+
+def test_no_session_id_can_reach_another_sessions_keys(redis_server: RedisServer) -> None:
+    # Regression (#13): session "V:turns" once wrote its fields over V's turns list, and V then
+    # failed with WRONGTYPE on every call.
+    async def scenario() -> None:
+        store = RedisSessionStore(redis_server.url, max_turns=3, idle_ttl_s=3600, prefix=f"t:{uuid.uuid4().hex}:")
+        await store.apply("V", update(0, "PLOGGING", reset=True))
+        for other in ("V:turns", "V:fields", "turns:V", "fields:V", ":V", "V:"):
+            await store.apply(other, update(9, "VEGAN", reset=True))
+        session = await store.load("V")
+        assert (session.category, [turn.message for turn in session.turns]) == ("PLOGGING", ["메시지 0"])
+        await store.aclose()
+
+    run(scenario())
+
+
+def test_an_update_that_cannot_land_leaves_the_session_as_it_was(redis_server: RedisServer) -> None:
+    async def scenario() -> None:
+        prefix = f"t:{uuid.uuid4().hex}:"
+        store = RedisSessionStore(redis_server.url, max_turns=3, idle_ttl_s=3600, prefix=prefix)
+        await store.apply("W", update(0, "PLOGGING", reset=True))
+        await store._redis.delete(f"{prefix}turns:W")
+        await store._redis.set(f"{prefix}turns:W", "not a list")  # someone else's key, of the wrong type
+        with pytest.raises(SessionCorrupt):
+            await store.apply("W", update(1, "VEGAN"))
+        fields = await store._redis.hgetall(f"{prefix}fields:W")
+        assert fields["category"] == "PLOGGING"  # the hash was not half-updated
+        await store.aclose()
 
     run(scenario())
