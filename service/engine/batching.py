@@ -168,19 +168,19 @@ class Batcher:
         while self._admissible():
             with self._wake:
                 sequence = self._waiting[0]
+            try:
                 if not sequence.cancelled.is_set() and self._better_shared_later(sequence):
                     return
-                self._waiting.popleft()
-            if sequence.cancelled.is_set():
-                self._finish(sequence, FinishReason.CANCELLED)
-                continue
-            try:
+                with self._wake:
+                    self._waiting.remove(sequence)
+                if sequence.cancelled.is_set():
+                    self._finish(sequence, FinishReason.CANCELLED)
+                    continue
                 self._start(sequence)
-            except ServiceError as exc:
-                self._fail(sequence, exc)
-            except Exception as exc:  # its reader must hear of it, whatever it is
-                logger.exception("starting a generation failed")
-                self._fail(sequence, ModelFailure(detail=f"{type(exc).__name__}: {exc}"))
+            except Exception as exc:  # noqa: BLE001 - handed to that request's reader
+                # Whatever one request's start raises (its prompt cannot be rendered or
+                # tokenized, ...) is that request's failure: the batch and the queue go on.
+                self._fail_waiting(sequence, exc)
 
     def _prompt(self, sequence: Sequence) -> list[int]:
         if not sequence.prompt:
@@ -237,12 +237,20 @@ class Batcher:
         self._active.append(sequence)
 
     def _reap(self) -> None:
+        """Cancelled and overdue requests leave: running ones, and preempted ones waiting for
+        room (their deadline runs from their start, not from when room is found)."""
         now = perf_counter()
         for sequence in list(self._active):
             if sequence.cancelled.is_set():
                 self._finish(sequence, FinishReason.CANCELLED)
             elif now > sequence.deadline:
                 self._finish(sequence, FinishReason.DEADLINE)
+        with self._wake:
+            leaving = [s for s in self._waiting if s.cancelled.is_set() or now > s.deadline]
+            for sequence in leaving:
+                self._waiting.remove(sequence)
+        for sequence in leaving:
+            self._finish(sequence, FinishReason.CANCELLED if sequence.cancelled.is_set() else FinishReason.DEADLINE)
 
     def _step(self) -> None:
         """One llama_decode over every active sequence: decoding ones first (a token, or a
@@ -418,6 +426,15 @@ class Batcher:
         sequence.stats.finish_reason = reason
         self._release(sequence)
         sequence.emit(END)
+
+    def _fail_waiting(self, sequence: Sequence, exc: Exception) -> None:
+        with self._wake:
+            if sequence in self._waiting:
+                self._waiting.remove(sequence)
+        if not isinstance(exc, ServiceError):
+            logger.exception("starting a generation failed")
+            exc = ModelFailure(detail=f"{type(exc).__name__}: {exc}")
+        self._fail(sequence, exc)
 
     def _fail(self, sequence: Sequence, error: ServiceError) -> None:
         self._release(sequence)
