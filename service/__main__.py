@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import signal
 import sys
 
@@ -17,7 +16,7 @@ from pydantic import ValidationError
 
 from service.app import create_app, memory_sessions
 from service.engine.loader import load_engine
-from service.logs import configure_logging
+from service.logs import configure_logging, redact_url
 from service.model_files import ModelFileError
 from service.serving import StartupError
 from service.sessions import SessionStore
@@ -48,15 +47,10 @@ def open_session_store(settings: Settings) -> SessionStore:
         asyncio.run(ping())
     except Exception as exc:
         raise StartupError(
-            f"세션 저장소(Redis)에 연결할 수 없습니다: {_redacted(settings.session_url)} ({type(exc).__name__}) — "
+            f"세션 저장소(Redis)에 연결할 수 없습니다: {redact_url(settings.session_url)} ({type(exc).__name__}) — "
             "Redis가 실행 중인지, LEAFRESH_SESSION_URL이 맞는지 확인하세요"
         ) from exc
     return store()
-
-
-def _redacted(url: str) -> str:
-    # A password in the URL never reaches the log.
-    return re.sub(r"//[^@/]*@", "//***@", url)
 
 
 def main() -> int:

@@ -13,9 +13,10 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from service.bodylimit import BodyLimitMiddleware
 from service.contract import HTTP_MESSAGES, MSG_BAD_REQUEST, MSG_INVALID_CHOICE, InvalidInput, ServiceError
 from service.engine import Engine
-from service.logs import RequestIdMiddleware
+from service.logs import RequestIdMiddleware, printable
 from service.metrics import Metrics
 from service.page import render_page
 from service.routes import error_response, health_router, page_router, router
@@ -89,6 +90,7 @@ def create_app(settings: Settings, engine: Engine, sessions: SessionStore | None
     app.state.service = service
     app.state.metrics = metrics
     app.state.ready = asyncio.Event()
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(RequestIdMiddleware)
     app.include_router(router)
     app.include_router(health_router)
@@ -99,14 +101,14 @@ def create_app(settings: Settings, engine: Engine, sessions: SessionStore | None
     @app.exception_handler(ServiceError)
     async def on_service_error(request: Request, exc: ServiceError) -> Response:
         log = logger.warning if exc.status < 500 else logger.error
-        log("%s %s -> %d %s", request.method, request.url.path, exc.status, exc.detail or exc.message)
+        log("%s %s -> %d %s", request.method, printable(request.url.path), exc.status, exc.detail or exc.message)
         return error_response(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request: Request, exc: RequestValidationError) -> Response:
         error = _validation_error(exc)
         # Field names and error types only: the values are user input and are never logged.
-        logger.warning("%s %s -> 400 %s", request.method, request.url.path, _error_summary(exc))
+        logger.warning("%s %s -> 400 %s", request.method, printable(request.url.path), _error_summary(exc))
         return error_response(request, error)
 
     @app.exception_handler(StarletteHTTPException)
@@ -116,12 +118,12 @@ def create_app(settings: Settings, engine: Engine, sessions: SessionStore | None
         error.status = exc.status_code
         if exc.headers:
             error.headers.update(exc.headers)
-        logger.warning("%s %s -> %d %s", request.method, request.url.path, exc.status_code, exc.detail)
+        logger.warning("%s %s -> %d %s", request.method, printable(request.url.path), exc.status_code, exc.detail)
         return error_response(request, error)
 
     @app.exception_handler(Exception)
     async def on_unexpected(request: Request, exc: Exception) -> Response:
-        logger.exception("%s %s -> 500", request.method, request.url.path)
+        logger.exception("%s %s -> 500", request.method, printable(request.url.path))
         return error_response(request, ServiceError())
 
     return app

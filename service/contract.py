@@ -148,6 +148,13 @@ class PromptTooLong(ServiceError):
     message = MSG_PROMPT_TOO_LONG
 
 
+def error_then_close(error: ServiceError) -> tuple[tuple[str, Body], tuple[str, Body]]:
+    """How a failure ends a stream, everywhere: one error event, then the close event, both with
+    the error's body (the relay ends the browser's stream only on close)."""
+    body = error.body()
+    return (EVENT_ERROR, body), (EVENT_CLOSE, body)
+
+
 def token_body(text: str) -> Body:
     return Body(status=200, message=MSG_TOKEN, data=text)
 

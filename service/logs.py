@@ -25,6 +25,27 @@ def request_stats() -> dict[str, object]:
 
 
 _VALID_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+# Query parameters that carry a secret in a connection URL (redis-py reads ?password=).
+_SECRET_PARAMS = re.compile(r"(?i)([?&](?:password|pass|pwd|token|secret)=)[^&#]*")
+_LONGEST_LOGGED_PATH = 200
+
+
+def redact_url(url: str) -> str:
+    """A connection URL without its credentials, in every form: everything between ``//`` and
+    the *last* ``@`` (a password may hold ``/`` or ``@``), and secret query parameters."""
+    scheme, sep, rest = url.partition("//")
+    if sep and "@" in rest:
+        rest = "***@" + rest.rpartition("@")[2]
+    return _SECRET_PARAMS.sub(r"\1***", scheme + sep + rest)
+
+
+def printable(text: str, limit: int = _LONGEST_LOGGED_PATH) -> str:
+    """Text from a request (a path) as one log-safe line: control and invisible characters
+    escaped, so a percent-decoded %0A cannot start a forged log line; cut at ``limit``."""
+    escaped = "".join(char if char.isprintable() else f"\\x{ord(char):02x}" for char in text[:limit])
+    return escaped + ("…" if len(text) > limit else "")
+
+
 access_logger = logging.getLogger("service.access")
 
 
@@ -79,7 +100,7 @@ class RequestIdMiddleware:
             access_logger.info(
                 "%s %s route=%s status=%d duration_s=%.3f%s",
                 scope["method"],
-                scope["path"],
+                printable(scope["path"]),
                 route,
                 status,
                 perf_counter() - started,

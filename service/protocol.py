@@ -28,6 +28,10 @@ from service.contract import (
 BASE_INFO_FIELDS = ("location", "workType", "category")
 MIN_MESSAGE_CHARS = 5
 _PERCENT_ESCAPE = re.compile(r"%[0-9A-Fa-f]{2}")
+# The one rule for a session id, GET or POST: ids, UUIDs, base64 tokens; nothing that could
+# reach a log line or a storage key as anything but itself.
+SESSION_ID_MAX_CHARS = 200
+SESSION_ID = re.compile(rf"[A-Za-z0-9._:@+/=-]{{1,{SESSION_ID_MAX_CHARS}}}")
 
 
 class BaseInfoBody(BaseModel):
@@ -61,6 +65,26 @@ def decode_twice_encoded(value: str) -> str:
         return value
 
 
+def parse_session_id(value: str | None) -> str | None:
+    """A session id, or None for none; anything else outside the rule is an invalid field."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    if not SESSION_ID.fullmatch(value):
+        raise InvalidInput(MSG_INVALID_CHOICE, data={"invalidFields": ["sessionId"]})
+    return value
+
+
+def _readable(value: str) -> bool:
+    # A lone surrogate (JSON "\ud800") is a str that cannot be written as UTF-8, so it could
+    # never reach the model's tokenizer.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _present(value: object) -> bool:
     return value is not None and not (isinstance(value, str) and not value.strip())
 
@@ -79,9 +103,8 @@ def parse_base_info(values: Mapping[str, str | None]) -> BaseInfoRequest:
     ]
     if invalid or location is None or work_type is None or category is None:
         raise InvalidInput(MSG_INVALID_CHOICE, data={"invalidFields": invalid})
-    session_id = values.get("sessionId")
     return BaseInfoRequest(
-        session_id=session_id.strip() if session_id and session_id.strip() else None,
+        session_id=parse_session_id(values.get("sessionId")),
         location=location,
         work_type=work_type,
         category=category,
@@ -112,7 +135,6 @@ def parse_free_text(values: Mapping[str, str | None], max_chars: int) -> FreeTex
         raise UnprocessableInput(MSG_MESSAGE_TOO_SHORT)
     if len(message) > max_chars:
         raise UnprocessableInput(message_too_long(max_chars))
-    session_id = values.get("sessionId")
-    return FreeTextRequest(
-        session_id=session_id.strip() if session_id and session_id.strip() else None, message=message
-    )
+    if not _readable(message):
+        raise InvalidInput(MSG_INVALID_CHOICE, data={"invalidFields": ["message"]})
+    return FreeTextRequest(session_id=parse_session_id(values.get("sessionId")), message=message)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, Awaitable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, Query, Request
+from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
-from service.contract import EVENT_CLOSE, EVENT_ERROR, Body, NotReady, ServiceError
+from service.contract import Body, NotReady, ServiceError, error_then_close
 from service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
 from service.page import render_page
 from service.protocol import BaseInfoBody, FreeTextBody, decode_twice_encoded, parse_base_info, parse_free_text
@@ -32,9 +34,9 @@ def wants_event_stream(request: Request) -> bool:
     return "text/event-stream" in request.headers.get("accept", "").lower()
 
 
-async def _error_events(body: Body) -> AsyncGenerator[tuple[str, Body], None]:
-    yield EVENT_ERROR, body
-    yield EVENT_CLOSE, body
+async def _error_events(error: ServiceError) -> AsyncGenerator[tuple[str, Body], None]:
+    for event in error_then_close(error):
+        yield event
 
 
 def error_response(request: Request, error: ServiceError) -> Response:
@@ -43,11 +45,39 @@ def error_response(request: Request, error: ServiceError) -> Response:
     if 400 <= error.status < 500:
         request.app.state.metrics.validation_failures.labels(status=str(error.status)).inc()
     if wants_event_stream(request):
-        response: Response = event_stream(_error_events(error.body()), request.app.state.settings)
+        response: Response = event_stream(_error_events(error), request.app.state.settings)
     else:
         response = JSONResponse(error.body().model_dump(mode="json"), status_code=error.status)
     response.headers.update(error.headers)
     return response
+
+
+# What the access log shows for a JSON client that left before its answer (nginx's code).
+CLIENT_CLOSED_REQUEST = 499
+
+
+async def _client_left(request: Request) -> None:
+    # The body has been read: the next message is the client leaving.
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _json_answer(request: Request, work: Awaitable[Body]) -> Response:
+    """One JSON answer, unless the client leaves first: then its generation is cancelled, as a
+    stream reader's is, instead of holding an engine slot to the end (issue #13)."""
+    answer = asyncio.ensure_future(work)
+    left = asyncio.ensure_future(_client_left(request))
+    try:
+        await asyncio.wait((answer, left), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (answer, left):
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+    if answer.cancelled():
+        return Response(status_code=CLIENT_CLOSED_REQUEST)
+    return JSONResponse(answer.result().model_dump(mode="json"))
 
 
 def _query(value: str | None) -> str | None:
@@ -58,7 +88,7 @@ def _query(value: str | None) -> str | None:
 async def base_info_stream(
     request: Request,
     service: ServiceDep,
-    sessionId: Annotated[str | None, Query(max_length=200)] = None,
+    sessionId: str | None = None,
     location: str | None = None,
     workType: str | None = None,
     category: str | None = None,
@@ -78,15 +108,14 @@ async def base_info(request: Request, service: ServiceDep, body: BaseInfoBody) -
     checked = parse_base_info(body.model_dump())
     if wants_event_stream(request):
         return event_stream(service.stream_base_info(checked), service.settings)
-    answer = await service.answer_base_info(checked)
-    return JSONResponse(answer.model_dump(mode="json"))
+    return await _json_answer(request, service.answer_base_info(checked))
 
 
 @router.get("/free-text", summary="Stream three challenges for a free-text message, continuing the session")
 async def free_text_stream(
     request: Request,
     service: ServiceDep,
-    sessionId: Annotated[str | None, Query(max_length=200)] = None,
+    sessionId: str | None = None,
     message: str | None = None,
 ) -> Response:
     checked = parse_free_text(
@@ -100,8 +129,7 @@ async def free_text(request: Request, service: ServiceDep, body: FreeTextBody) -
     checked = parse_free_text(body.model_dump(), service.settings.max_message_chars)
     if wants_event_stream(request):
         return event_stream(service.stream_free_text(checked), service.settings)
-    answer = await service.answer_free_text(checked)
-    return JSONResponse(answer.model_dump(mode="json"))
+    return await _json_answer(request, service.answer_free_text(checked))
 
 
 @health_router.get("/health", summary="Alive: 200 while the process serves (the model is loaded before it does)")

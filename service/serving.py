@@ -16,13 +16,14 @@ from contextlib import aclosing
 from dataclasses import dataclass
 from time import perf_counter
 
+from pydantic import ValidationError
+
 from service.admission import Admission
 from service.answer import Answer, check_schema_loads, parse_model_output, render
 from service.catalog import CATEGORIES, LOCATIONS, WORK_TYPES, Category
 from service.contract import (
     EVENT_CHALLENGE,
     EVENT_CLOSE,
-    EVENT_ERROR,
     MSG_BASE_INFO_ANSWER,
     MSG_FREE_TEXT_ANSWER,
     MSG_GUIDE,
@@ -31,8 +32,10 @@ from service.contract import (
     ModelFailure,
     PromptTooLong,
     ServiceError,
+    ShuttingDown,
     StoreUnavailable,
     close_body,
+    error_then_close,
     token_body,
 )
 from service.conversation import steer
@@ -50,12 +53,14 @@ from service.settings import Settings
 logger = logging.getLogger(__name__)
 
 CHALLENGE_GRAMMAR = "challenge"
-# A syllable that byte-level tokenizers split into three tokens: the costliest text to send.
-_COSTLIEST_SYLLABLE = "뷁"
+# The costliest characters a message may hold: a rare syllable (three byte tokens on byte-level
+# tokenizers) and an emoji (four bytes, so up to four tokens); the start-up check takes the worse.
+_COSTLIEST_CHARACTERS = ("뷁", "\U0001f977")
 # Tokens the warm-up generates: enough to time the decode loop (see _plan_deadline).
 WARM_UP_TOKENS = 16
-# Answers run this many times the example's length in tokens (measured: see the README).
-TYPICAL_OVER_EXAMPLE = 2.0
+# A Korean answer is 300-400 syllables (issue #11); the grammar's longest is all syllables,
+# three bytes each. Their cost in tokens is this model's tokens per syllable of the example.
+TYPICAL_ANSWER_SYLLABLES = 350
 
 # Abusive messages get no model call: the user learns what the chatbot is for instead.
 GUIDE_ANSWER = Answer(recommend=MSG_GUIDE, challenges=[])
@@ -126,10 +131,11 @@ class RecommendationService:
             self.engine.count_tokens(base_info_messages(place, work, category))
             for place, work, category in itertools.product(places, works, CATEGORIES)
         )
-        worst_message = _COSTLIEST_SYLLABLE * self.settings.max_message_chars
+        limit = self.settings.max_message_chars
         longest_free = max(
-            self.engine.count_tokens(free_text_messages((), "바닷가", "재택근무", category, worst_message))
+            self.engine.count_tokens(free_text_messages((), "바닷가", "재택근무", category, char * limit))
             for category in CATEGORIES
+            for char in _COSTLIEST_CHARACTERS
         )
         longest = max(longest_base, longest_free)
         needed = longest + self.max_tokens
@@ -157,10 +163,10 @@ class RecommendationService:
     def _plan_deadline(self, stats: GenerationStats) -> None:
         # Sampled steps, not tokens: the forced ones come in bulk and would flatter the speed.
         speed = stats.decode_steps / stats.decode_seconds if stats.decode_seconds > 0 else 0.0
-        example = self.engine.count_text_tokens(EXAMPLE_ANSWER)
-        per_byte = example / len(EXAMPLE_ANSWER.encode("utf-8"))
-        longest = min(self.max_tokens, math.ceil(load_challenge_grammar().max_bytes() * per_byte))
-        plan = plan_deadline(speed, round(example * TYPICAL_OVER_EXAMPLE), longest)
+        syllables = sum("가" <= char <= "힣" for char in EXAMPLE_ANSWER)
+        per_syllable = self.engine.count_text_tokens(EXAMPLE_ANSWER) / syllables
+        longest = min(self.max_tokens, math.ceil(load_challenge_grammar().max_bytes() / 3 * per_syllable))
+        plan = plan_deadline(speed, round(TYPICAL_ANSWER_SYLLABLES * per_syllable), longest)
         self.generation_deadline_s = plan.deadline_s
         logger.info("generation deadline: %s", plan.describe())
         if plan.too_slow:
@@ -199,7 +205,7 @@ class RecommendationService:
 
     def stream_base_info(self, request: BaseInfoRequest) -> AsyncGenerator[Event, None]:
         self.admission.check()
-        return self._stream(self._base_info_job(request))
+        return _ending_with_close(self._stream(self._base_info_job(request)), "base-info")
 
     async def answer_base_info(self, request: BaseInfoRequest) -> Body:
         self.admission.check()
@@ -217,14 +223,21 @@ class RecommendationService:
             return Session()
         try:
             return await self.sessions.load(session_id)
+        except ValidationError as exc:
+            # A stored turn this build cannot read: name the fields, never their values (a
+            # user's message is in them).
+            places = sorted({".".join(str(part) for part in error["loc"]) for error in exc.errors()})
+            raise StoreUnavailable(detail=f"session load failed: unreadable stored fields {places}") from exc
         except Exception as exc:
             raise StoreUnavailable(detail=f"session load failed: {type(exc).__name__}: {exc}") from exc
 
     async def _free_text_job(self, request: FreeTextRequest) -> _Job:
         session = await self._load_session(request.session_id)
         steering = steer(request.message, session.category, session.base_category, session.location, session.work_type)
-        messages, used = self._fit_history(
-            session.turns, steering.location, steering.work_type, steering.category, request.message
+        # Rendering and tokenizing a long conversation takes milliseconds per try: off the
+        # event loop, so a burst of them never stalls other streams, pings or /ready.
+        messages, used = await asyncio.to_thread(
+            self._fit_history, session.turns, steering.location, steering.work_type, steering.category, request.message
         )
         on_answer = None
         if request.session_id is not None:
@@ -246,33 +259,45 @@ class RecommendationService:
     def _fit_history(
         self, turns: Sequence[Turn], location: str | None, work_type: str | None, category: Category, message: str
     ) -> tuple[tuple[ChatMessage, ...], int]:
-        """The prompt with as many of the newest turns as fit beside the longest answer."""
-        for keep in range(len(turns), -1, -1):
-            history = turns[len(turns) - keep :]
-            messages = free_text_messages(history, location, work_type, category, message)
-            if self.engine.count_tokens(messages) <= self._prompt_budget:
-                return messages, keep
-        raise PromptTooLong(detail="the message alone does not fit the context")
+        """The prompt with as many of the newest turns as fit beside the longest answer. Usually
+        all of them do: one render and one tokenization. Otherwise a binary search over how
+        many to keep: at most log2(turns) + 2 of each, never one per turn."""
+
+        def with_newest(keep: int) -> tuple[ChatMessage, ...]:
+            return free_text_messages(turns[len(turns) - keep :], location, work_type, category, message)
+
+        def fits(messages: tuple[ChatMessage, ...]) -> bool:
+            return self.engine.count_tokens(messages) <= self._prompt_budget
+
+        everything = with_newest(len(turns))
+        if fits(everything):
+            return everything, len(turns)
+        best = with_newest(0)
+        if not fits(best):
+            raise PromptTooLong(detail="the message alone does not fit the context")
+        low, high = 0, len(turns) - 1  # keeping `low` fits; keeping more than `high` does not
+        while low < high:
+            middle = (low + high + 1) // 2
+            candidate = with_newest(middle)
+            if fits(candidate):
+                low, best = middle, candidate
+            else:
+                high = middle - 1
+        return best, low
 
     def stream_free_text(self, request: FreeTextRequest) -> AsyncGenerator[Event, None]:
         if not self._is_blocked(request.message):
             self.admission.check()
-        return self._free_text_events(request)
+        return _ending_with_close(self._free_text_events(request), "free-text")
 
     async def _free_text_events(self, request: FreeTextRequest) -> AsyncGenerator[Event, None]:
-        try:
-            if self._is_blocked(request.message):
-                logger.info("free-text: blocked words, answered with the guide")
-                answer = GUIDE_ANSWER
-                yield EVENT_CHALLENGE, token_body(render(answer))
-                yield EVENT_CLOSE, close_body(answer.to_data())
-                return
-            job = await self._free_text_job(request)
-        except ServiceError as exc:
-            _log_failure("free-text", exc)
-            yield EVENT_ERROR, exc.body()
-            yield EVENT_CLOSE, exc.body()
+        if self._is_blocked(request.message):
+            logger.info("free-text: blocked words, answered with the guide")
+            answer = GUIDE_ANSWER
+            yield EVENT_CHALLENGE, token_body(render(answer))
+            yield EVENT_CLOSE, close_body(answer.to_data())
             return
+        job = await self._free_text_job(request)
         async with aclosing(self._stream(job)) as events:
             async for event in events:
                 yield event
@@ -349,6 +374,9 @@ class RecommendationService:
         if generation.stats.finish_reason is FinishReason.DEADLINE:
             metrics.deadline_hits.labels(stage="generation").inc()
             raise DeadlineExceeded(detail=f"generation ran past {self.generation_deadline_s:.0f}s")
+        if generation.stats.finish_reason is FinishReason.CANCELLED:
+            # Not by this reader (that path raised above): the engine is shutting down.
+            raise ShuttingDown(detail="the engine cancelled the generation")
         try:
             answer = parse_model_output("".join(raw), job.category)
         except ModelFailure:
@@ -369,25 +397,15 @@ class RecommendationService:
         return job.answer
 
     async def _stream(self, job: _Job) -> AsyncGenerator[Event, None]:
-        """Challenge pieces, then exactly one close; an error event before it on failure.
-        Nothing is sent after close."""
-        try:
-            # aclosing: when the reader leaves, closing this stream closes the generation too.
-            async with aclosing(self._pieces(job)) as pieces:
-                async for piece in pieces:
-                    yield EVENT_CHALLENGE, token_body(piece)
-            assert job.answer is not None
-            final = close_body(job.answer.to_data())
-            self._log_done(job)
-        except ServiceError as exc:
-            _log_failure(job.route, exc)
-            final = exc.body()
-            yield EVENT_ERROR, final
-        except Exception:
-            logger.exception("%s failed unexpectedly", job.route)
-            final = ModelFailure().body()
-            yield EVENT_ERROR, final
-        yield EVENT_CLOSE, final
+        """Challenge pieces, then the close with the checked answer; failures propagate to
+        ``_ending_with_close``."""
+        # aclosing: when the reader leaves, closing this stream closes the generation too.
+        async with aclosing(self._pieces(job)) as pieces:
+            async for piece in pieces:
+                yield EVENT_CHALLENGE, token_body(piece)
+        assert job.answer is not None
+        self._log_done(job)
+        yield EVENT_CLOSE, close_body(job.answer.to_data())
 
     def _log_done(self, job: _Job) -> None:
         first = f"{job.first_piece_seconds:.2f}s" if job.first_piece_seconds is not None else "-"
@@ -404,6 +422,28 @@ class RecommendationService:
             job.prompt_tokens,
             job.cached_prompt_tokens,
         )
+
+
+async def _ending_with_close(events: AsyncGenerator[Event, None], route: str) -> AsyncGenerator[Event, None]:
+    """Every stream ends with exactly one close, whatever is raised and wherever (issue #13):
+    the Spring relay holds a stream without close for five minutes. Nothing follows close."""
+    error: ServiceError
+    try:
+        async with aclosing(events):
+            async for event in events:
+                yield event
+                if event[0] == EVENT_CLOSE:
+                    return
+        error = ModelFailure(detail="the stream ended without close")
+        logger.error("%s failed: %s", route, error.detail)
+    except ServiceError as exc:
+        _log_failure(route, exc)
+        error = exc
+    except Exception:
+        logger.exception("%s failed unexpectedly", route)
+        error = ModelFailure()
+    for event in error_then_close(error):
+        yield event
 
 
 def _log_failure(route: str, error: ServiceError) -> None:

@@ -78,6 +78,12 @@ class Settings(BaseSettings):
         default=15.0, gt=0, le=300, description="Seconds between keep-alive comments on a stream."
     )
     max_message_chars: int = Field(default=500, ge=5, le=10000, description="Longest free-text message accepted.")
+    max_body_bytes: int = Field(
+        default=65536,
+        ge=1024,
+        le=16 * 2**20,
+        description="Largest POST body read; larger ones get 413 before they are read.",
+    )
     max_queue: int = Field(
         default=16, ge=0, le=10000, description="Requests that may wait for the engine; beyond, 503 + Retry-After."
     )
@@ -98,7 +104,8 @@ class Settings(BaseSettings):
     )
     shutdown_grace_s: float = Field(
         default=10.0,
-        ge=0,
+        # Under a second, streams could be cut before their error + close are written.
+        ge=1,
         le=600,
         description="On SIGTERM, seconds to end open streams with error + close before exiting.",
     )
@@ -143,6 +150,17 @@ class Settings(BaseSettings):
         if not isinstance(value, str) and not 0 < value <= 3600:
             raise ValueError("must be auto or a number of seconds above 0 and at most 3600")
         return value
+
+    @model_validator(mode="after")
+    def _longest_message_fits_the_body(self) -> Settings:
+        # JSON may escape each character as \uXXXX (6 bytes): the longest message must still fit.
+        needed = self.max_message_chars * 6 + 1024
+        if self.max_body_bytes < needed:
+            raise ValueError(
+                f"LEAFRESH_MAX_BODY_BYTES={self.max_body_bytes} cannot hold a message of LEAFRESH_MAX_MESSAGE_CHARS="
+                f"{self.max_message_chars}: give it at least {needed}"
+            )
+        return self
 
     @model_validator(mode="after")
     def _quantized_cache_needs_flash_attention(self) -> Settings:

@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from service.contract import EVENT_CLOSE, EVENT_ERROR, Body, ShuttingDown
+from service.contract import Body, ShuttingDown, error_then_close
 from service.settings import Settings
 
 # Plain LF line ends: what curl users expect to read, and every SSE parser accepts.
@@ -52,9 +52,8 @@ async def _encode(
             if not pending.done():
                 await _finish(pending)
                 pending = None
-                body = ShuttingDown().body()
-                yield _frame(EVENT_ERROR, body)
-                yield _frame(EVENT_CLOSE, body)
+                for name, body in error_then_close(ShuttingDown()):
+                    yield _frame(name, body)
                 return
             done, pending = pending, None
             try:

@@ -108,3 +108,16 @@ def test_sigterm_ends_open_streams_with_error_and_close_then_exits(server_factor
     assert doomed.process.wait(timeout=30) == 0
     log = doomed.log()
     assert "Traceback" not in log and log.rstrip().endswith("stopped")
+
+
+def test_a_json_client_that_leaves_cancels_its_generation(server: Server) -> None:
+    # Regression (#13): a POST without Accept: text/event-stream kept generating for a client
+    # that was gone, holding a slot to the end: a cheap flood.
+    before = metric(server, "leafresh_generations_cancelled_total")
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.base_url}{BASE}/base-info", json=QUERY, timeout=httpx.Timeout(10.0, read=0.5))
+    deadline = time.monotonic() + 30
+    while metric(server, "leafresh_generations_cancelled_total") <= before:
+        assert time.monotonic() < deadline, "the generation was not cancelled"
+        time.sleep(0.05)
+    assert metric(server, "leafresh_generations_active") == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from typing import Any
 
 import httpx
@@ -13,7 +14,7 @@ from service.app import create_app
 from service.contract import MSG_GUIDE
 from service.engine import ChatMessage
 from service.serving import RecommendationService
-from service.sessions import MemorySessionStore
+from service.sessions import MemorySessionStore, SessionUpdate, Turn
 from service.settings import Settings
 from tests.fakes import GOOD_OUTPUT, ScriptedEngine
 
@@ -166,5 +167,53 @@ def test_history_keeps_the_newest_turns_that_fit() -> None:
         assert 0 < len(users) < 11
         assert users[-1].startswith("10번째")  # the newest earlier turn is kept, the oldest dropped
         assert not any(u.startswith("0번째") for u in users)
+
+    asyncio.run(scenario())
+
+
+class SlowTokenizerEngine(CharCountingEngine):
+    """A tokenizer that takes 20 ms a call (a long conversation on a big vocabulary)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count_calls = 0
+
+    def count_tokens(self, messages: tuple[ChatMessage, ...]) -> int:
+        self.count_calls += 1
+        time.sleep(0.02)
+        return super().count_tokens(messages)
+
+
+def test_fitting_long_histories_is_bounded_and_never_stalls_the_server() -> None:
+    # Regression (#13): the prompt was rendered and tokenized once per history length, on the
+    # event loop, before admission: a burst of long conversations froze every stream and /health.
+    async def scenario() -> None:
+        engine = SlowTokenizerEngine()
+        chat = Conversation(engine, Settings(max_message_chars=500, max_turns=20, parallel=8))
+        for n in range(20):
+            await chat.store.apply(
+                "long",
+                SessionUpdate(
+                    turn=Turn(message=f"{n}번째 " + "가" * 450, recommend="추천", titles=["1. 가"], category="VEGAN"),
+                    category="VEGAN",
+                    location="도시",
+                    work_type="사무직",
+                ),
+            )
+        engine.count_calls = 0
+        await chat.say("비건 챌린지를 알려줘", session="long")
+        assert engine.count_calls <= 7  # log2(20) + 2, not 21
+        transport = httpx.ASGITransport(app=chat.app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            burst = [asyncio.create_task(chat.say("비건 챌린지를 알려줘", session="long")) for _ in range(8)]
+            await asyncio.sleep(0.01)
+            slowest = 0.0
+            while not all(task.done() for task in burst):
+                started = time.perf_counter()
+                assert (await client.get("/health")).status_code == 200
+                slowest = max(slowest, time.perf_counter() - started)
+                await asyncio.sleep(0.005)
+            await asyncio.gather(*burst)
+        assert slowest < 0.1, slowest
 
     asyncio.run(scenario())

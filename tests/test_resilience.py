@@ -10,9 +10,13 @@ from typing import Any
 import httpx
 import pytest
 from httpx_sse import aconnect_sse
+from pydantic import ValidationError
 
 from service.app import create_app
-from service.settings import Settings
+from service.engine.base import FinishReason
+from service.logs import redact_url
+from service.sessions import MemorySessionStore, Session, Turn
+from service.settings import Settings, describe_settings_error
 from tests.fakes import GOOD_OUTPUT, ScriptedEngine
 
 SSE = {"Accept": "text/event-stream"}
@@ -187,3 +191,148 @@ def test_as_many_requests_as_the_engine_batches_run_at_once_without_queueing() -
 
     metrics = asyncio.run(scenario())
     assert "leafresh_rejected_total 0.0" in metrics
+
+
+# -- issue #13: hostile users and careless operators ---------------------------------------
+
+
+def test_a_body_over_the_limit_gets_413_before_it_is_read() -> None:
+    async def scenario() -> tuple[httpx.Response, httpx.Response, httpx.Response]:
+        app = create_app(Settings(max_body_bytes=4096), ScriptedEngine())
+        big = b'{"message": "' + b"a" * 10_000 + b'"}'
+
+        async def chunks() -> Any:
+            for start in range(0, len(big), 1000):  # no Content-Length: chunked
+                yield big[start : start + 1000]
+
+        async with client_for(app) as client:
+            declared = await client.post(f"{BASE}/free-text", content=big, headers={"content-type": "application/json"})
+            chunked = await client.post(
+                f"{BASE}/free-text", content=chunks(), headers={"content-type": "application/json"}
+            )
+            in_band = await client.post(
+                f"{BASE}/base-info", content=big, headers={**SSE, "content-type": "application/json"}
+            )
+        return declared, chunked, in_band
+
+    declared, chunked, in_band = asyncio.run(scenario())
+    for response in (declared, chunked):
+        assert response.status_code == 413
+        assert response.json() == {"status": 413, "message": "요청 본문이 너무 큽니다.", "data": None}
+    assert in_band.status_code == 200 and in_band.text.count("event: close") == 1 and '"status":413' in in_band.text
+
+
+@pytest.mark.parametrize("session_id", ["x" * 201, "a b", "세션", "a\nb", "<script>"])
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_a_session_id_outside_the_one_rule_is_refused_on_get_and_post(session_id: str, method: str) -> None:
+    async def scenario() -> httpx.Response:
+        app = create_app(Settings(), ScriptedEngine())
+        async with client_for(app) as client:
+            if method == "GET":
+                return await client.get(f"{BASE}/base-info", params={**QUERY, "sessionId": session_id})
+            return await client.post(f"{BASE}/base-info", json={**QUERY, "sessionId": session_id})
+
+    response = asyncio.run(scenario())
+    assert response.status_code == 400
+    assert response.json()["data"] == {"invalidFields": ["sessionId"]}
+
+
+def test_a_message_that_is_not_writable_text_is_refused() -> None:
+    async def scenario() -> httpx.Response:
+        app = create_app(Settings(), ScriptedEngine())
+        async with client_for(app) as client:
+            body = b'{"sessionId": "s", "message": "\\ud800 lone surrogate"}'
+            return await client.post(f"{BASE}/free-text", content=body, headers={"content-type": "application/json"})
+
+    response = asyncio.run(scenario())
+    assert response.status_code == 400 and response.json()["data"] == {"invalidFields": ["message"]}
+
+
+class UnknownCategoryStore(MemorySessionStore):
+    """A session written by a newer build during a rolling deploy: a category code we do not know."""
+
+    async def load(self, session_id: str) -> Session:
+        return Session(category="NEW_CATEGORY", base_category="NEW_CATEGORY")
+
+
+@pytest.mark.parametrize("route", ["/free-text", "/base-info"])
+def test_every_stream_ends_with_one_close_whatever_is_raised(route: str) -> None:
+    async def scenario() -> list[tuple[str, Any]]:
+        engine = ScriptedEngine(output="not json at all")
+        app = create_app(Settings(), engine, UnknownCategoryStore(10, 5, 60))
+        params = {"sessionId": "s", "message": "오늘 할 수 있는 걸 알려줘"} if route == "/free-text" else QUERY
+        async with client_for(app) as client:
+            return await sse_events(client, "GET", f"{BASE}{route}", params=params)
+
+    events = asyncio.run(scenario())
+    assert [name for name, _ in events][-2:] == ["error", "close"]
+    assert [name for name, _ in events].count("close") == 1 and events[-1][1]["status"] == 500
+
+
+def test_a_shutdown_grace_that_would_cut_streams_is_refused() -> None:
+    with pytest.raises(ValidationError) as caught:
+        Settings(_env_file=None, shutdown_grace_s=0)
+    assert "LEAFRESH_SHUTDOWN_GRACE_S" in describe_settings_error(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("url", "secret"),
+    [
+        ("redis://:pa/ss@host:6379/0", "pa/ss"),
+        ("redis://:p@ss@host:6379/0", "p@ss"),
+        ("redis://user:hunter2@host/0", "hunter2"),
+        ("redis://host:6379/0?password=hunter2&db=1", "hunter2"),
+        ("rediss://default:tok%40en@host:6380", "tok%40en"),
+    ],
+)
+def test_credentials_never_survive_redaction(url: str, secret: str) -> None:
+    redacted = redact_url(url)
+    assert secret not in redacted and "host" in redacted
+
+
+def test_logs_hold_no_forged_lines_and_no_stored_user_text(caplog: pytest.LogCaptureFixture) -> None:
+    secret = "내 비밀번호는 SECRETSECRET"
+
+    class UnreadableTurnStore(MemorySessionStore):
+        async def load(self, session_id: str) -> Session:
+            Turn.model_validate_json(json.dumps({"message": secret, "recommend": 5}))  # fails, quoting its input
+            raise AssertionError("unreachable")
+
+    async def scenario() -> None:
+        app = create_app(Settings(), ScriptedEngine(), UnreadableTurnStore(10, 5, 60))
+        async with client_for(app) as client:
+            await client.get(f"{BASE}/base-info%0AFORGED%20LINE%0D", params=QUERY)
+            await sse_events(client, "GET", f"{BASE}/free-text", params={"sessionId": "s", "message": "오늘 뭐 하지요"})
+
+    with caplog.at_level(logging.DEBUG, logger="service"):
+        asyncio.run(scenario())
+    assert "SECRETSECRET" not in caplog.text
+    assert all("\n" not in record.getMessage() and "\r" not in record.getMessage() for record in caplog.records)
+    assert "\\x0aFORGED" in caplog.text
+
+
+class ShutDownEngine(ScriptedEngine):
+    """An engine that ends every generation itself (it is closing), before the answer is whole."""
+
+    def submit(self, request: Any) -> Any:
+        generation = super().submit(request)
+        self.output = GOOD_OUTPUT[:30]
+        original = generation._pieces
+
+        async def pieces() -> Any:
+            async for piece in original():
+                yield piece
+            generation.stats.finish_reason = FinishReason.CANCELLED
+
+        generation._pieces = pieces  # type: ignore[method-assign]
+        return generation
+
+
+def test_a_generation_the_engine_cancels_is_a_503_not_a_500() -> None:
+    async def scenario() -> list[tuple[str, Any]]:
+        app = create_app(Settings(), ShutDownEngine())
+        async with client_for(app) as client:
+            return await sse_events(client, "GET", f"{BASE}/base-info", params=QUERY)
+
+    events = asyncio.run(scenario())
+    assert [name for name, _ in events][-2:] == ["error", "close"] and events[-1][1]["status"] == 503

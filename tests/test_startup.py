@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from service.catalog import CATEGORIES
 from service.model_files import ModelFileError, check_model_file
 from tests.conftest import ROOT
 
@@ -87,3 +88,34 @@ def test_an_unreachable_session_store_is_one_line_without_its_password() -> None
     line = one_line(start({"LEAFRESH_SESSION_URL": "redis://leafresh:s3cret@127.0.0.1:1/0"}))
     assert "Redis" in line and "LEAFRESH_SESSION_URL" in line
     assert "s3cret" not in line and "//***@127.0.0.1:1/0" in line
+
+
+def test_the_context_check_counts_the_costliest_characters_a_message_may_hold(smollm_path: Path) -> None:
+    # Regression (#13): the check assumed a 3-byte syllable was the costliest character; an
+    # emoji is 4 bytes, so a message the check promised to fit could be refused with 422.
+    import asyncio
+
+    from service.engine.llama import LlamaConfig, LlamaCppEngine
+    from service.grammar import CHALLENGE_GRAMMAR_PATH
+    from service.serving import CHALLENGE_GRAMMAR, RecommendationService, StartupError
+    from service.sessions import MemorySessionStore
+    from service.settings import Settings
+
+    settings = Settings(_env_file=None, max_message_chars=400)
+    grammars = {CHALLENGE_GRAMMAR: CHALLENGE_GRAMMAR_PATH.read_text(encoding="utf-8")}
+
+    def service(context: int) -> RecommendationService:
+        engine = LlamaCppEngine(LlamaConfig(smollm_path, context_size=context, parallel=1), grammars)
+        return RecommendationService(engine, settings, MemorySessionStore(10, 5, 60))
+
+    too_small = service(1024)
+    with pytest.raises(StartupError) as refused:
+        too_small.check_context_fits()
+    asyncio.run(too_small.engine.aclose())
+    needed = int(str(refused.value).split("LEAFRESH_CONTEXT_SIZE를 ")[1].split(" ")[0])
+    fitted = service(needed)
+    try:
+        for worst in ("뷁", "\U0001f977", "\U0001f469\u200d\U0001f4bb"[:1]):
+            fitted._fit_history([], "바닷가", "재택근무", CATEGORIES[0], worst * 400)  # never PromptTooLong
+    finally:
+        asyncio.run(fitted.engine.aclose())
