@@ -90,9 +90,10 @@ def test_an_unreachable_session_store_is_one_line_without_its_password() -> None
     assert "s3cret" not in line and "//***@127.0.0.1:1/0" in line
 
 
-def test_the_context_check_counts_the_costliest_characters_a_message_may_hold(smollm_path: Path) -> None:
-    # Regression (#13): the check assumed a 3-byte syllable was the costliest character; an
-    # emoji is 4 bytes, so a message the check promised to fit could be refused with 422.
+def test_the_context_check_counts_the_costliest_characters_a_message_may_hold(standin_path: Path) -> None:
+    # Regression (#13): the check assumed a 3-byte syllable was the costliest character. On
+    # Mistral's vocabulary (the stand-in's) 뷁 is 3 byte tokens and an emoji 4, so a message the
+    # check promised to fit could be refused with 422.
     import asyncio
 
     from service.engine.llama import LlamaConfig, LlamaCppEngine
@@ -105,7 +106,7 @@ def test_the_context_check_counts_the_costliest_characters_a_message_may_hold(sm
     grammars = {CHALLENGE_GRAMMAR: CHALLENGE_GRAMMAR_PATH.read_text(encoding="utf-8")}
 
     def service(context: int) -> RecommendationService:
-        engine = LlamaCppEngine(LlamaConfig(smollm_path, context_size=context, parallel=1), grammars)
+        engine = LlamaCppEngine(LlamaConfig(standin_path, context_size=context, parallel=1), grammars)
         return RecommendationService(engine, settings, MemorySessionStore(10, 5, 60))
 
     too_small = service(1024)
@@ -115,7 +116,8 @@ def test_the_context_check_counts_the_costliest_characters_a_message_may_hold(sm
     needed = int(str(refused.value).split("LEAFRESH_CONTEXT_SIZE를 ")[1].split(" ")[0])
     fitted = service(needed)
     try:
-        for worst in ("뷁", "\U0001f977", "\U0001f469\u200d\U0001f4bb"[:1]):
+        assert fitted.engine.count_text_tokens("\U0001f977" * 10) > fitted.engine.count_text_tokens("뷁" * 10)
+        for worst in ("뷁", "\U0001f977"):
             fitted._fit_history([], "바닷가", "재택근무", CATEGORIES[0], worst * 400)  # never PromptTooLong
     finally:
         asyncio.run(fitted.engine.aclose())
