@@ -52,6 +52,7 @@ from service.catalog import CATEGORIES, category_by_code  # noqa: E402
 from service.engine import ChatMessage, GenerationRequest  # noqa: E402
 from service.engine.forced_text import ForcedTextTracker  # noqa: E402
 from service.engine.llama import LlamaConfig, LlamaCppEngine  # noqa: E402
+from service.engine.text import hangul_syllables  # noqa: E402
 from service.grammar import CHALLENGE_GRAMMAR_PATH  # noqa: E402
 from service.memory_plan import MIB, plan, shape_from_gguf  # noqa: E402
 from service.model_files import resolve_model_path  # noqa: E402
@@ -270,10 +271,6 @@ def bench_http(model: Path, runs: int, temperature: float, concurrency: tuple[in
     return results
 
 
-def _syllables(text: str) -> int:
-    return sum("가" <= char <= "힣" for char in text)
-
-
 def _partial_character_tokens(engine: LlamaCppEngine, tokens: list[int]) -> int:
     """Tokens whose bytes are not whole characters on their own (SentencePiece byte tokens, or
     byte-level BPE pieces that split a syllable)."""
@@ -318,8 +315,8 @@ def tokenizer_figures(model: Path) -> dict[str, Any]:
         answer_tokens = engine._tokenize(EXAMPLE_ANSWER, parse_special=False)
         figures = {
             "n_vocab": engine.n_vocab,
-            "tokens_per_syllable_prose": engine.count_text_tokens(prose) / _syllables(prose),
-            "tokens_per_syllable_answer_json": len(answer_tokens) / _syllables(EXAMPLE_ANSWER),
+            "tokens_per_syllable_prose": engine.count_text_tokens(prose) / hangul_syllables(prose),
+            "tokens_per_syllable_answer_json": len(answer_tokens) / hangul_syllables(EXAMPLE_ANSWER),
             "partial_character_token_share": _partial_character_tokens(engine, answer_tokens) / len(answer_tokens),
             "forced_share_of_example_answer": _forced_share(engine, EXAMPLE_ANSWER),
             "example_answer_tokens": len(answer_tokens),

@@ -41,6 +41,7 @@ from service.contract import (
 from service.conversation import steer
 from service.deadline import AUTO_MAX_S, plan_deadline
 from service.engine import ChatMessage, Engine, FinishReason, GenerationRequest, GenerationStats
+from service.engine.text import hangul_syllables
 from service.grammar import load_challenge_grammar
 from service.logs import request_stats
 from service.metrics import Metrics
@@ -163,8 +164,7 @@ class RecommendationService:
     def _plan_deadline(self, stats: GenerationStats) -> None:
         # Sampled steps, not tokens: the forced ones come in bulk and would flatter the speed.
         speed = stats.decode_steps / stats.decode_seconds if stats.decode_seconds > 0 else 0.0
-        syllables = sum("가" <= char <= "힣" for char in EXAMPLE_ANSWER)
-        per_syllable = self.engine.count_text_tokens(EXAMPLE_ANSWER) / syllables
+        per_syllable = self.engine.count_text_tokens(EXAMPLE_ANSWER) / hangul_syllables(EXAMPLE_ANSWER)
         longest = min(self.max_tokens, math.ceil(load_challenge_grammar().max_bytes() / 3 * per_syllable))
         plan = plan_deadline(speed, round(TYPICAL_ANSWER_SYLLABLES * per_syllable), longest)
         self.generation_deadline_s = plan.deadline_s

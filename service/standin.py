@@ -285,7 +285,9 @@ def write_f16(spec: StandinSpec, template: str, path: Path, seed: int = 0) -> No
 def check_disk(spec: StandinSpec, directory: Path) -> None:
     """Fail before writing anything if the F16 intermediate and the result do not fit."""
     directory.mkdir(parents=True, exist_ok=True)
-    need = f16_bytes(spec) + int(f16_bytes(spec) * 0.3) + _DISK_MARGIN_BYTES
+    intermediate = f16_bytes(spec)
+    # The F16 file, then the Q4_K_M result beside it (under 30% of it), then a margin.
+    need = intermediate + int(intermediate * 0.3) + _DISK_MARGIN_BYTES
     free = shutil.disk_usage(directory).free
     if free < need:
         raise StandinError(

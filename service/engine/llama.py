@@ -114,6 +114,7 @@ class LlamaCppEngine:
             self._forced: dict[str, list[int]] = {}
             # Whether the tokenizer writes a word-start space before the text it is given.
             self._space_prefix = self.piece(self._tokenize("a", parse_special=False)[0]).startswith(b" ")
+            self._newline = self._tokenize("\n", parse_special=False)  # see _spelling
             template = llama_cpp.llama_model_chat_template(self._model, None)
             self.formatter = ChatFormatter(
                 template.decode("utf-8") if template else None,
@@ -337,8 +338,7 @@ class LlamaCppEngine:
         # tokens of `","challenges"` alone would spell ` ","challenges"`. Behind a newline,
         # which it writes as a byte token that merges with nothing, there is no such space.
         wanted = text.encode("utf-8")
-        for lead in ("", "\n"):
-            before = self._tokenize(lead, parse_special=False) if lead else []
+        for lead, before in (("", []), ("\n", self._newline)):
             tokens = self._tokenize(lead + text, parse_special=False)
             rest = tokens[len(before) :]
             if tokens[: len(before)] == before and b"".join(self.piece(token) for token in rest) == wanted:

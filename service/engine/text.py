@@ -10,6 +10,11 @@ from __future__ import annotations
 import codecs
 
 
+def hangul_syllables(text: str) -> int:
+    """How many precomposed Hangul syllables (가-힣) ``text`` holds."""
+    return sum("가" <= char <= "힣" for char in text)
+
+
 class IncompleteText(ValueError):
     """Generation ended in the middle of a UTF-8 sequence, or produced invalid bytes."""
 
