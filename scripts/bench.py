@@ -13,7 +13,9 @@ the ceiling):
 - service over HTTP: the whole service as a process, read as an SSE client (tokens counted by
   its /metrics), with the time to the first ``challenge`` event;
 - 1, 2, 4 and 8 simultaneous HTTP requests: aggregate tokens/s and each request's time to its
-  first ``challenge`` event, against a lone request's.
+  first ``challenge`` event, against a lone request's;
+- two processes at once: two services on the same cores each answering a rotating mix of
+  requests, each one's answer tokens per second of wall time against one answering alone.
 Below the table: the prompt's time with nothing cached and with the shared prefix reused, and
 how many of 4 temperature-0 answers are identical batched and alone.
 Then, per model, how its tokenizer meets our Korean answer: tokens per syllable of Korean prose
@@ -25,7 +27,12 @@ scripts/standin_model.py) or ``--profile production`` measures what matters for 
 CPU instead, where the rows above would take hours: load time, resident memory against the
 memory plan, prompt and decode tokens/s with the grammar, tokens and seconds per base-info
 answer, alone and 2 at once.
-Every part runs alone (never two at once: on 2 cores they would slow each other). Prints a
+``--profile sharing`` measures two services sharing the cores under each thread setting (the
+default adaptive one, every thread fixed, OMP_WAIT_POLICY=PASSIVE, one thread): alone, two at
+once, and beside two busy shell loops; and our engine's decode alone, adaptive and fixed taking
+turns.
+Every part runs alone (never two at once: on 2 cores they would slow each other), except the
+parts that measure exactly that. Prints a
 table per model and writes JSON to bench-results/.
 """
 
@@ -35,10 +42,12 @@ import argparse
 import asyncio
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +75,12 @@ GRAMMAR = CHALLENGE_GRAMMAR_PATH.read_text(encoding="utf-8")
 FREE_TOKENS = 300
 
 
-def load_engine(model: Path, jump_forward: bool = True, parallel: int = 4) -> LlamaCppEngine:
-    config = LlamaConfig(model, context_size=8192, parallel=parallel, jump_forward=jump_forward)
+def load_engine(
+    model: Path, jump_forward: bool = True, parallel: int = 4, thread_policy: str = "adaptive"
+) -> LlamaCppEngine:
+    config = LlamaConfig(
+        model, context_size=8192, parallel=parallel, jump_forward=jump_forward, thread_policy=thread_policy
+    )
     return LlamaCppEngine(config, {CHALLENGE_GRAMMAR: GRAMMAR})
 
 
@@ -149,10 +162,12 @@ def _request(messages: tuple[ChatMessage, ...], temperature: float, seed: int) -
     )
 
 
-async def _engine_runs(model: Path, runs: int, temperature: float, jump_forward: bool) -> list[dict[str, Any]]:
+async def _engine_runs(
+    model: Path, runs: int, temperature: float, jump_forward: bool, thread_policy: str = "adaptive"
+) -> list[dict[str, Any]]:
     """One request at a time on a fresh engine: the first finds nothing cached (cold prompt),
     the others reuse the instructions' KV cache."""
-    engine = load_engine(model, jump_forward=jump_forward)
+    engine = load_engine(model, jump_forward=jump_forward, thread_policy=thread_policy)
     rows = []
     try:
         for seed in range(runs + 1):
@@ -269,6 +284,137 @@ def bench_http(model: Path, runs: int, temperature: float, concurrency: tuple[in
         process.terminate()
         process.wait(timeout=30)
     return results
+
+
+# Each variant of the llama.cpp threads, as an operator could set it (issue #12).
+SHARING_VARIANTS: dict[str, dict[str, str]] = {
+    "fixed: every thread (before #12)": {"LEAFRESH_THREAD_POLICY": "fixed"},
+    "fixed, OMP_WAIT_POLICY=PASSIVE": {"LEAFRESH_THREAD_POLICY": "fixed", "OMP_WAIT_POLICY": "PASSIVE"},
+    "fixed, 1 thread": {"LEAFRESH_THREAD_POLICY": "fixed", "LEAFRESH_THREADS": "1"},
+    "adaptive (the default)": {"LEAFRESH_THREAD_POLICY": "adaptive"},
+}
+BUSY_LOOP = ["sh", "-c", "while :; do :; done"]
+
+
+def _rotating_queries(count: int, offset: int = 0) -> list[dict[str, str]]:
+    """Base-info requests as production sends them: a different category each time."""
+    return [{**QUERY, "category": CATEGORIES[(offset + i) % len(CATEGORIES)].label} for i in range(count)]
+
+
+class _ServiceProcess:
+    """``python -m service`` on a free port, ready (model loaded and warm) when constructed."""
+
+    def __init__(self, model: Path, env: dict[str, str], log_level: str = "WARNING") -> None:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        full_env = {
+            **os.environ,
+            "HOST": "127.0.0.1",
+            "PORT": str(self.port),
+            "LEAFRESH_MODEL_PATH": str(model),
+            "LEAFRESH_LOG_LEVEL": log_level,
+            "LEAFRESH_MAX_QUEUE": "64",
+            "LEAFRESH_QUEUE_TIMEOUT_S": "600",
+            "LEAFRESH_GENERATION_TIMEOUT_S": "600",
+            **env,
+        }
+        self.process = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=full_env)
+        self.base = f"http://127.0.0.1:{self.port}"
+        deadline = time.monotonic() + 300
+        while True:
+            try:
+                if httpx.get(f"{self.base}/ready", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or self.process.poll() is not None:
+                self.stop()
+                raise RuntimeError(f"bench: the service on port {self.port} did not become ready")
+            time.sleep(0.2)
+
+    def answer_rate(self, queries: list[dict[str, str]]) -> float:
+        """Answer tokens per second of wall time over ``queries``, one after another."""
+        tokens_before = _metric(self.base, "leafresh_generated_tokens_total")
+        started = time.perf_counter()
+        with httpx.Client(base_url=self.base, timeout=httpx.Timeout(900.0)) as client:
+            for query in queries:
+                with client.stream("GET", "/ai/chatbot/recommendation/base-info", params=query) as response:
+                    for _ in response.iter_bytes():
+                        pass
+        elapsed = time.perf_counter() - started
+        return (_metric(self.base, "leafresh_generated_tokens_total") - tokens_before) / elapsed
+
+    def stop(self) -> None:
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def bench_sharing(
+    model: Path, runs: int, variants: dict[str, dict[str, str]], busy_loops: bool = True
+) -> list[dict[str, Any]]:
+    """Per variant, two services on these cores: one answering alone, both answering at once,
+    and (``busy_loops``) one answering beside two busy shell loops; answer tokens/s of wall time."""
+    rows = []
+    for name, env in variants.items():
+        first, second = _ServiceProcess(model, env), _ServiceProcess(model, env)
+        try:
+            alone = first.answer_rate(_rotating_queries(runs))
+            with ThreadPoolExecutor(2) as pool:
+                together = list(
+                    pool.map(
+                        lambda pair: pair[0].answer_rate(pair[1]),
+                        [(first, _rotating_queries(runs, 1)), (second, _rotating_queries(runs, 2))],
+                    )
+                )
+            beside = _beside_busy_loops(first, _rotating_queries(runs, 3)) if busy_loops else None
+        finally:
+            first.stop()
+            second.stop()
+        rows.append(
+            {"variant": name, "env": env, "alone": alone, "two_at_once": together, "beside_two_busy_loops": beside}
+        )
+    return rows
+
+
+def _beside_busy_loops(service: _ServiceProcess, queries: list[dict[str, str]]) -> float:
+    loops = [subprocess.Popen(BUSY_LOOP) for _ in range(2)]
+    try:
+        return service.answer_rate(queries)
+    finally:
+        for loop in loops:
+            loop.kill()
+            loop.wait()
+
+
+def bench_policy_alone(model: Path, runs: int, temperature: float) -> dict[str, list[float]]:
+    """Decode tokens/s alone, fixed and adaptive taking turns, so both meet the same machine."""
+    speeds: dict[str, list[float]] = {"fixed": [], "adaptive": []}
+    for _ in range(runs):
+        for policy, found in speeds.items():
+            warm = asyncio.run(_engine_runs(model, 2, temperature, jump_forward=True, thread_policy=policy))[1:]
+            found.extend(r["tokens_per_s"] for r in warm)
+    return speeds
+
+
+def print_sharing(rows: list[dict[str, Any]], reference: float | None = None) -> None:
+    """Ratios are to each variant's own alone speed; ``reference`` (today's default alone)
+    shows what a variant costs a service that has the machine to itself."""
+    out = sys.stdout
+    out.write(f"\ntwo services sharing {os.cpu_count()} cores, answer tokens/s (× alone)\n\n")
+    out.write("| threads | alone | two processes at once, each | beside two busy loops |\n|---|---|---|---|\n")
+    for row in rows:
+        alone = row["alone"]
+        each = ", ".join(f"{r:.1f} ({r / alone:.2f}×)" for r in row["two_at_once"])
+        against = f" ({alone / reference:.2f}× fixed)" if reference else ""
+        out.write(
+            f"| {row['variant']} | {alone:.1f}{against} | {each} | "
+            f"{row['beside_two_busy_loops']:.1f} ({row['beside_two_busy_loops'] / alone:.2f}×) |\n"
+        )
 
 
 def _partial_character_tokens(engine: LlamaCppEngine, tokens: list[int]) -> int:
@@ -424,6 +570,7 @@ def bench_model(model: Path, args: argparse.Namespace) -> dict[str, Any]:
     engine_rows = asyncio.run(_engine_runs(model, args.runs, args.temperature, jump_forward=True))
     agreement = asyncio.run(_greedy_agreement(model, 4))
     http = bench_http(model, args.runs, args.temperature, sizes)
+    (sharing,) = bench_sharing(model, args.runs, {"default": {}}, busy_loops=False)
     high_level = bench_high_level(model, args.runs, args.temperature)
 
     top = statistics.median(ceiling)
@@ -459,6 +606,15 @@ def bench_model(model: Path, args: argparse.Namespace) -> dict[str, Any]:
                 f"first challenge min {min(firsts):.2f} s / max {max(firsts):.2f} s ({max(firsts) / first:.1f}x lone)",
             )
         )
+    each = sharing["two_at_once"]
+    rows.append(
+        (
+            "two processes at once, each (two services)",
+            statistics.mean(each),
+            "each " + ", ".join(f"{r:.1f}" for r in each) + f" tokens/s of wall time; "
+            f"× one alone ({sharing['alone']:.1f}): " + ", ".join(f"{r / sharing['alone']:.2f}" for r in each),
+        )
+    )
     cold, warm_prompt = engine_rows[0], statistics.median(r["prompt_s"] for r in warm)
     out = sys.stdout
     out.write(f"\nmodel {model.name}, temperature {args.temperature}, {args.runs} runs per row (median)\n\n")
@@ -480,6 +636,7 @@ def bench_model(model: Path, args: argparse.Namespace) -> dict[str, Any]:
         "engine": engine_rows,
         "greedy_agreement": agreement,
         "http": http,
+        "two_processes": sharing,
         "table": [{"path": n, "tokens_per_s": s, "ratio": s / top, "notes": note} for n, s, note in rows],
     }
 
@@ -498,14 +655,28 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "bench.json")
     parser.add_argument(
         "--profile",
-        choices=("full", "production"),
+        choices=("full", "production", "sharing"),
         default=None,
-        help="production: the rows that matter for a 7B model on a CPU (the default for --model standin)",
+        help=(
+            "production: the rows that matter for a 7B model on a CPU (the default for --model standin); "
+            "sharing: two services on the same cores with each thread setting (issue #12)"
+        ),
     )
     args = parser.parse_args()
     results = []
     for spec in args.model or ["embedded"]:
         model = resolve_model(spec)
+        if args.profile == "sharing":
+            alone = bench_policy_alone(model, args.runs, args.temperature)
+            rows = bench_sharing(model, args.runs, SHARING_VARIANTS)
+            print_sharing(rows, reference=rows[0]["alone"])
+            fixed, adaptive = statistics.median(alone["fixed"]), statistics.median(alone["adaptive"])
+            sys.stdout.write(
+                f"\nalone, our engine's decode, taking turns: fixed {fixed:.1f} tokens/s, adaptive {adaptive:.1f} "
+                f"({adaptive / fixed:.3f}×, medians of {len(alone['fixed'])})\n"
+            )
+            results.append({"model": str(model), "sharing": rows, "alone_by_policy": alone})
+            continue
         production = args.profile == "production" or (args.profile is None and spec == "standin")
         result = bench_production(model, args) if production else bench_model(model, args)
         result["tokenizer"] = tokenizer_figures(model)

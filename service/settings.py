@@ -50,7 +50,19 @@ class Settings(BaseSettings):
         default=True,
         description="Append the text the grammar forces (JSON keys and punctuation) in one step instead of sampling it.",
     )
-    threads: int | None = Field(default=None, ge=1, le=512, description="CPU threads for llama.cpp. Empty: all cores.")
+    threads: int | None = Field(
+        default=None,
+        ge=1,
+        le=512,
+        description="CPU threads for llama.cpp at most. Empty: every core this process may use.",
+    )
+    thread_policy: Literal["adaptive", "fixed"] = Field(
+        default="adaptive",
+        description=(
+            "adaptive: before each step, leave the cores other processes are using (another replica, a batch job) "
+            "and take them back when they are free; fixed: always LEAFRESH_THREADS (a machine the service owns alone)."
+        ),
+    )
     gpu_layers: int | Literal["auto"] = Field(
         default=0,
         description="Layers to offload to the GPU: a number (-1 = all), 0 = CPU only, or auto (as many as fit the VRAM).",

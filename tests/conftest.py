@@ -80,6 +80,14 @@ class Server:
     def log(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
 
+    def wait_ready(self, timeout_s: float = 120.0) -> None:
+        """Until /ready says 200: the model is loaded and its warm-up has finished."""
+        deadline = time.monotonic() + timeout_s
+        while httpx.get(f"{self.base_url}/ready", timeout=10.0).status_code != 200:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"server not ready in {timeout_s}s:\n{self.log()}")
+            time.sleep(0.2)
+
 
 def start_server(env: dict[str, str], log_path: Path, timeout_s: float = 120.0) -> Server:
     port = free_port()

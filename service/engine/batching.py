@@ -33,6 +33,7 @@ import numpy as np
 
 from service.contract import ModelFailure, PromptTooLong, ServiceError
 from service.engine.base import FinishReason, GenerationRequest, GenerationStats
+from service.engine.cpu_share import ThreadGovernor, allowed_cores, read_cpu_sample
 from service.engine.forced_text import ForcedTextTracker
 from service.engine.sampling import CPointer, GrammarSampler
 from service.engine.text import IncompleteText, Utf8PieceDecoder
@@ -99,6 +100,11 @@ class Batcher:
         self._closing = False
         self._room_wanted = False  # a sequence was preempted: admit nobody until one finishes
         self.holder_tokens: list[int] = []
+        cores = allowed_cores()
+        self._governor = ThreadGovernor(
+            engine.threads, len(cores), engine.config.thread_policy, read=lambda: read_cpu_sample(cores)
+        )
+        self._threads = engine.threads
         self._thread = threading.Thread(target=self.run, name="llama-decode", daemon=True)
         self._thread.start()
 
@@ -265,6 +271,7 @@ class Batcher:
         if not plan:
             return
         outputs = self._fill_batch(plan)
+        self._use_threads(self._governor.threads_for_next_step())
         status = llama_cpp.llama_decode(self._ctx, self._batch)
         if status == 1:
             self._make_room()
@@ -285,6 +292,19 @@ class Batcher:
                 self._advance(sequence, logits)
             except ServiceError as exc:
                 self._fail(sequence, exc)
+
+    def _use_threads(self, threads: int) -> None:
+        if threads == self._threads:
+            return
+        logger.info(
+            "other processes use %.1f of %d cores: decoding on %d of %d threads",
+            self._governor.others,
+            self._governor.cores,
+            threads,
+            self._governor.most,
+        )
+        llama_cpp.llama_set_n_threads(self._ctx, threads, threads)
+        self._threads = threads
 
     def _fill_batch(self, plan: list[tuple[Sequence, int]]) -> list[int | None]:
         batch = self._batch

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import logging
-import os
 import threading
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -30,6 +29,7 @@ from service.contract import ModelFailure
 from service.engine.base import ChatMessage, EngineInfo, GenerationRequest, GenerationStats
 from service.engine.batching import END, Batcher, Sequence
 from service.engine.chat_template import ChatFormatter
+from service.engine.cpu_share import allowed_cores
 from service.engine.forced_text import GrammarAutomaton
 from service.engine.sampling import TOKEN_DATA, CPointer, possible_tokens
 from service.grammar import Grammar
@@ -77,6 +77,8 @@ class LlamaConfig:
     context_size: int = 4096
     batch_size: int = 512
     threads: int | None = None
+    # adaptive: fewer threads while other processes use the cores (see cpu_share); fixed: never.
+    thread_policy: str = "adaptive"
     gpu_layers: int = 0
     kv_cache_type: str = "f16"
     flash_attn: str = "auto"
@@ -99,6 +101,7 @@ class LlamaCppEngine:
         check_model_file(config.model_path)
         _init_backend()
         self.config = config
+        self.threads = config.threads or len(allowed_cores())
         self._model: CPointer = self._load_model(config)
         self.ctx: CPointer = None
         self.grammars: dict[str, CPointer] = {}
@@ -147,10 +150,16 @@ class LlamaCppEngine:
             chat_template="gguf" if self.formatter.uses_model_template else "fallback",
             system_role=self.formatter.supports_system_role,
             context_size=self.n_ctx,
-            extra={"n_vocab": str(self.n_vocab), "parallel": str(config.parallel)},
+            extra={
+                "n_vocab": str(self.n_vocab),
+                "parallel": str(config.parallel),
+                "threads": str(self.threads),
+                "thread_policy": config.thread_policy,
+            },
         )
         logger.info(
-            "model loaded: %s (context %d shared by %d sequences, vocabulary %d, chat template: %s, system role: %s, gpu layers: %d)",
+            "model loaded: %s (context %d shared by %d sequences, vocabulary %d, chat template: %s, system role: %s, "
+            "gpu layers: %d, threads: %d %s)",
             config.model_path,
             self.n_ctx,
             config.parallel,
@@ -158,6 +167,8 @@ class LlamaCppEngine:
             self.info.chat_template,
             self.info.system_role,
             config.gpu_layers,
+            self.threads,
+            config.thread_policy,
         )
 
     # -- loading -----------------------------------------------------------------------------
@@ -182,7 +193,7 @@ class LlamaCppEngine:
 
     def _create_context(self, config: LlamaConfig) -> CPointer:
         params = llama_cpp.llama_context_default_params()
-        threads = config.threads or os.cpu_count() or 1
+        threads = self.threads
         params.n_ctx = config.context_size
         params.n_batch = config.batch_size
         params.n_ubatch = config.batch_size

@@ -70,6 +70,7 @@ def load_engine(settings: Settings) -> Engine:
         context_size=settings.context_size,
         batch_size=settings.batch_size,
         threads=settings.threads,
+        thread_policy=settings.thread_policy,
         gpu_layers=choose_gpu_layers(settings, path, gpu_offload_supported()),
         kv_cache_type=settings.kv_cache_type,
         flash_attn=settings.flash_attn,
