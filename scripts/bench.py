@@ -41,13 +41,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import socket
 import statistics
 import subprocess
 import sys
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,7 @@ sys.path.insert(0, str(ROOT))
 
 from service.catalog import CATEGORIES, category_by_code  # noqa: E402
 from service.engine import ChatMessage, GenerationRequest  # noqa: E402
+from service.engine.cpu_share import allowed_cores  # noqa: E402
 from service.engine.forced_text import ForcedTextTracker  # noqa: E402
 from service.engine.llama import LlamaConfig, LlamaCppEngine  # noqa: E402
 from service.engine.text import hangul_syllables  # noqa: E402
@@ -86,44 +88,48 @@ def load_engine(
 
 def bench_ceiling(model: Path, runs: int, temperature: float) -> list[float]:
     """Tokens/s of a bare decode loop: llama_decode one token at a time, Gumbel-max sampling
-    over the full logits in numpy, no grammar, no detokenizing, a fixed number of tokens."""
+    over the full logits in numpy, no grammar, no detokenizing, a fixed number of tokens.
+
+    In a process of its own: llama.cpp's OpenMP thread team belongs to the thread that decodes,
+    and a second team left spinning in this process halved the next engine's speed (measured:
+    58 -> 27 tokens/s)."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        return pool.submit(_raw_decode_speeds, model, runs, temperature).result()
+
+
+def _raw_decode_speeds(model: Path, runs: int, temperature: float) -> list[float]:
     import llama_cpp
 
-    engine = load_engine(model)
-    speeds: list[float] = []
+    engine = load_engine(model)  # only for the prompt, exactly as the engine would send it
+    prompt = engine.prompt_tokens(MESSAGES)
+    asyncio.run(engine.aclose())
+    weights = llama_cpp.llama_model_load_from_file(str(model).encode(), llama_cpp.llama_model_default_params())
+    params = llama_cpp.llama_context_default_params()
+    params.n_ctx, params.n_batch = 8192, 512
+    params.n_threads = params.n_threads_batch = len(allowed_cores())
+    ctx = llama_cpp.llama_init_from_model(weights, params)
+    n_vocab = llama_cpp.llama_vocab_n_tokens(llama_cpp.llama_model_get_vocab(weights))
+    memory = llama_cpp.llama_get_memory(ctx)
 
     def decode(tokens: list[int]) -> None:
         array = (llama_cpp.llama_token * len(tokens))(*tokens)
-        if llama_cpp.llama_decode(engine.ctx, llama_cpp.llama_batch_get_one(array, len(tokens))) != 0:
+        if llama_cpp.llama_decode(ctx, llama_cpp.llama_batch_get_one(array, len(tokens))) != 0:
             raise RuntimeError("llama_decode failed")
 
-    def loop() -> None:
-        memory = llama_cpp.llama_get_memory(engine.ctx)
-        prompt = engine.prompt_tokens(MESSAGES)
-        for seed in range(runs):
-            rng = np.random.default_rng(seed)
-            llama_cpp.llama_memory_clear(memory, True)
-            for start in range(0, len(prompt), engine.config.batch_size):
-                decode(prompt[start : start + engine.config.batch_size])
-            started = time.perf_counter()
-            for _ in range(FREE_TOKENS):
-                logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(engine.ctx, -1), shape=(engine.n_vocab,))
-                token = int(np.argmax(logits / max(temperature, 1e-6) + rng.gumbel(size=engine.n_vocab)))
-                decode([token])
-            speeds.append(FREE_TOKENS / (time.perf_counter() - started))
+    speeds: list[float] = []
+    for seed in range(runs):
+        rng = np.random.default_rng(seed)
         llama_cpp.llama_memory_clear(memory, True)
-        engine.batcher.holder_tokens = []
-
-    async def run() -> None:
-        try:
-            # On the engine's own decode thread: llama.cpp's OpenMP thread team belongs to the
-            # thread that calls llama_decode, and a second team left spinning in this process
-            # halved the next engine's speed (measured: 58 -> 27 tokens/s).
-            await engine.on_decode_thread(loop)
-        finally:
-            await engine.aclose()
-
-    asyncio.run(run())
+        for start in range(0, len(prompt), 512):
+            decode(prompt[start : start + 512])
+        started = time.perf_counter()
+        for _ in range(FREE_TOKENS):
+            logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(ctx, -1), shape=(n_vocab,))
+            token = int(np.argmax(logits / max(temperature, 1e-6) + rng.gumbel(size=n_vocab)))
+            decode([token])
+        speeds.append(FREE_TOKENS / (time.perf_counter() - started))
+    llama_cpp.llama_free(ctx)
+    llama_cpp.llama_model_free(weights)
     return speeds
 
 

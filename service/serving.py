@@ -41,6 +41,7 @@ from service.contract import (
 from service.conversation import steer
 from service.deadline import AUTO_MAX_S, plan_deadline
 from service.engine import ChatMessage, Engine, FinishReason, GenerationRequest, GenerationStats
+from service.engine.base import EngineError, PromptDoesNotFit
 from service.engine.text import hangul_syllables
 from service.grammar import load_challenge_grammar
 from service.logs import request_stats
@@ -339,7 +340,10 @@ class RecommendationService:
     async def _generate(self, job: _Job) -> AsyncGenerator[str, None]:
         metrics = self.metrics
         started = perf_counter()
-        generation = self.engine.submit(self._request(job.messages))
+        try:
+            generation = self.engine.submit(self._request(job.messages))
+        except EngineError as exc:
+            raise contract_error(exc) from exc
         raw: list[str] = []
         renderer = AnswerRenderer()
         metrics.active.inc()
@@ -352,6 +356,8 @@ class RecommendationService:
                         job.first_piece_seconds = perf_counter() - started
                         metrics.first_token.observe(job.first_piece_seconds)
                     yield readable
+        except EngineError as exc:
+            raise contract_error(exc) from exc
         except (GeneratorExit, asyncio.CancelledError):
             metrics.cancelled.inc()
             raise
@@ -422,6 +428,13 @@ class RecommendationService:
             job.prompt_tokens,
             job.cached_prompt_tokens,
         )
+
+
+def contract_error(exc: EngineError) -> ServiceError:
+    """The one place where what the engine could not do becomes the contract's error."""
+    if isinstance(exc, PromptDoesNotFit):
+        return PromptTooLong(detail=str(exc))
+    return ModelFailure(detail=str(exc))
 
 
 async def _ending_with_close(events: AsyncGenerator[Event, None], route: str) -> AsyncGenerator[Event, None]:

@@ -10,9 +10,8 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 
-from service.contract import ModelFailure
 from service.engine import ChatMessage, GenerationRequest, GenerationStats
-from service.engine.base import EngineInfo, FinishReason
+from service.engine.base import EngineInfo, FinishReason, GenerationFailed
 
 GOOD_OUTPUT = (
     '{"recommend":"오늘 하루 비건 챌린지!","challenges":['
@@ -37,7 +36,7 @@ class ScriptedGeneration:
         started = time.monotonic()
         for index, start in enumerate(range(0, len(output), step)):
             if self._engine.fail_after is not None and index == self._engine.fail_after:
-                raise ModelFailure(detail="scripted failure")
+                raise GenerationFailed("scripted failure")
             await asyncio.sleep(self._engine.delay_s)
             deadline = self._request.deadline_s
             if deadline is not None and time.monotonic() - started > deadline:

@@ -4,8 +4,6 @@ in the batch (requests joining, leaving, being evicted from a full cache)."""
 from __future__ import annotations
 
 import asyncio
-import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,10 +11,8 @@ import pytest
 
 from service.answer import parse_model_output, render
 from service.catalog import CATEGORIES
-from service.contract import ModelFailure, PromptTooLong
 from service.engine import ChatMessage, Generation, GenerationRequest
-from service.engine.base import FinishReason, GenerationStats
-from service.engine.batching import END, Sequence
+from service.engine.base import FinishReason, GenerationFailed, PromptDoesNotFit
 from service.engine.llama import LlamaConfig, LlamaCppEngine
 from service.grammar import CHALLENGE_GRAMMAR_PATH
 from service.prompts import base_info_messages
@@ -116,7 +112,7 @@ def test_a_prompt_that_cannot_fit_fails_alone(engine: LlamaCppEngine) -> None:
         async for _ in engine.submit(request(40, max_tokens=engine.n_ctx)):
             pass
 
-    with pytest.raises(PromptTooLong):
+    with pytest.raises(PromptDoesNotFit):
         asyncio.run(run())
 
 
@@ -156,31 +152,10 @@ def test_a_request_whose_prompt_cannot_be_made_fails_alone_and_the_batch_goes_on
                 messages=(ChatMessage("user", "\ud800 깨진 글자"),), grammar=CHALLENGE_GRAMMAR, max_tokens=16
             )
         )
-        with pytest.raises(ModelFailure):
+        with pytest.raises(GenerationFailed):
             async for _ in broken:
                 pass
         await reader
         await read(engine.submit(request(61)), 61)  # and the next one is served too
 
     asyncio.run(run())
-
-
-def test_a_preempted_request_waiting_for_room_still_meets_its_deadline(engine: LlamaCppEngine) -> None:
-    # Regression (#13): only running requests were reaped; one evicted from a full cache waited
-    # for room past its deadline. Its place in the queue is what a preemption leaves behind.
-    seen: list[object] = []
-    overdue = Sequence(request(62), seen.append, threading.Event(), GenerationStats())
-    overdue.started, overdue.deadline = 1.0, 2.0  # started and evicted long ago
-    with engine.batcher._wake:
-        engine.batcher._waiting.append(overdue)
-    hold = engine.batcher._free_ids.copy()
-    engine.batcher._free_ids.clear()  # no room: it can only leave by its deadline
-    try:
-        engine.batcher.wake()
-        deadline = time.monotonic() + 10
-        while not seen and time.monotonic() < deadline:
-            engine.batcher.call(lambda: None, lambda *_: None)  # one more turn of the loop
-            time.sleep(0.05)
-    finally:
-        engine.batcher._free_ids.extend(hold)
-    assert seen == [END] and overdue.stats.finish_reason is FinishReason.DEADLINE

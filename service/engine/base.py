@@ -62,9 +62,21 @@ class GenerationStats:
         return self.generated_tokens / self.decode_seconds if self.decode_seconds > 0 else 0.0
 
 
+class EngineError(Exception):
+    """A generation the engine could not carry out; the message is for the log, not a user."""
+
+
+class GenerationFailed(EngineError):
+    """The model or the decode loop failed (never expected: the grammar forbids bad output)."""
+
+
+class PromptDoesNotFit(EngineError):
+    """The prompt and the answer's token bound do not fit the context."""
+
+
 class Generation(Protocol):
     """One request's output. Iterate it for text pieces: each is whole characters, never half
-    a UTF-8 sequence. Errors surface from the iteration as ServiceError."""
+    a UTF-8 sequence. Errors surface from the iteration as EngineError."""
 
     stats: GenerationStats
 

@@ -4,8 +4,9 @@ Why the low-level API and not ``Llama.create_chat_completion``: that path applie
 to the whole vocabulary on every token and adds Python bookkeeping; we measured it at 0.39x the
 speed of a free generation (issue #6). Here each step draws the token first and asks the
 grammar only about the few best candidates (``sampling``), appends the text the grammar forces
-without sampling it (``forced_text``), and decodes every running request together in one batch
-(``batching``), sharing the KV cache of the prompt prefix they have in common.
+without sampling it (``forced_text``, through each request's ``grammar_state``), and decodes
+every running request together in one batch (``decode_loop``: the ``scheduler`` decides, the
+``runner`` calls llama.cpp), sharing the KV cache of the prompt prefix they have in common.
 
 This module loads the model, the context and the grammars and owns the token helpers; the
 asyncio side reads each request's pieces from a queue, so the event loop never blocks.
@@ -17,26 +18,25 @@ import asyncio
 import ctypes
 import logging
 import threading
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeVar
 
 import llama_cpp
 import numpy as np
 
-from service.contract import ModelFailure
-from service.engine.base import ChatMessage, EngineInfo, GenerationRequest, GenerationStats
-from service.engine.batching import END, Batcher, Sequence
+from service.engine.base import ChatMessage, EngineInfo, GenerationFailed, GenerationRequest, GenerationStats
 from service.engine.chat_template import ChatFormatter
-from service.engine.cpu_share import allowed_cores
+from service.engine.cpu_share import ThreadGovernor, allowed_cores, read_cpu_sample
+from service.engine.decode_loop import END, DecodeLoop, LoadedModel, new_work
 from service.engine.forced_text import GrammarAutomaton
+from service.engine.grammar_state import CompiledGrammar
+from service.engine.runner import ModelRunner
 from service.engine.sampling import TOKEN_DATA, CPointer, possible_tokens
 from service.grammar import Grammar
 from service.memory_plan import KV_TYPE_GGML
 from service.model_files import ModelFileError, check_model_file
 
-T = TypeVar("T")
 logger = logging.getLogger(__name__)
 llama_logger = logging.getLogger("llama_cpp")
 
@@ -131,20 +131,35 @@ class LlamaCppEngine:
         except BaseException:
             self._free()
             raise
-        self.jump_forward = config.jump_forward
-        self.everything = np.zeros(self.n_vocab, dtype=TOKEN_DATA)
-        self.everything["id"] = np.arange(self.n_vocab, dtype=np.int32)
-        self.possible = {
-            name: possible_tokens(
-                self.n_vocab,
-                self._piece_uncached,
-                lambda token: bool(llama_cpp.llama_vocab_is_eog(self.vocab, token)),
-                automaton.alphabet(),
+        everything = np.zeros(self.n_vocab, dtype=TOKEN_DATA)
+        everything["id"] = np.arange(self.n_vocab, dtype=np.int32)
+        compiled = {
+            name: CompiledGrammar(
+                self.grammars[name],
+                automaton,
+                possible_tokens(self.n_vocab, self._piece_uncached, self.is_end, automaton.alphabet()),
+                everything,
             )
             for name, automaton in self.automata.items()
         }
         self._closed = False
-        self.batcher = Batcher(self, config.parallel)
+        cores = allowed_cores()
+        self._decode_loop = DecodeLoop(
+            LoadedModel(
+                runner=ModelRunner(self.ctx, config.batch_size, self.n_vocab, self.threads),
+                vocabulary=self,
+                grammars=compiled,
+                prompt_tokens=self.prompt_tokens,
+                is_end=self.is_end,
+                context_size=self.n_ctx,
+                jump_forward=config.jump_forward,
+            ),
+            max_sequences=config.parallel,
+            step_tokens=config.batch_size,
+            governor=ThreadGovernor(
+                self.threads, len(cores), config.thread_policy, read=lambda: read_cpu_sample(cores)
+            ),
+        )
         self.info = EngineInfo(
             model_path=str(config.model_path),
             chat_template="gguf" if self.formatter.uses_model_template else "fallback",
@@ -199,7 +214,7 @@ class LlamaCppEngine:
         params.n_ubatch = config.batch_size
         # One sequence per request decoded together, plus the holder of the shared prompt.
         # Unified: all sequences share one pool of cells, so a shared prefix is stored once
-        # and copying it to a new sequence only tags cells (see batching).
+        # and copying it to a new sequence only tags cells (see scheduler).
         params.n_seq_max = config.parallel + 1
         params.kv_unified = True
         params.n_threads = threads
@@ -258,6 +273,9 @@ class LlamaCppEngine:
         if token < 0:
             return ""
         return self._piece_uncached(token, special=True).decode("utf-8", "replace")
+
+    def is_end(self, token: int) -> bool:
+        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
 
     def piece(self, token: int) -> bytes:
         """The bytes ``token`` stands for (part of a character, for byte-level tokenizers)."""
@@ -360,35 +378,15 @@ class LlamaCppEngine:
 
     def submit(self, request: GenerationRequest) -> _LlamaGeneration:
         if self._closed:
-            raise ModelFailure(detail="engine is closed")
+            raise GenerationFailed("engine is closed")
         return _LlamaGeneration(self, request, asyncio.get_running_loop())
-
-    async def on_decode_thread(self, fn: Callable[[], T]) -> T:
-        """Run ``fn`` on the decode thread between two steps (llama.cpp calls that decode must
-        come from that thread; the bench's raw loop uses it)."""
-        loop = asyncio.get_running_loop()
-        future: asyncio.Future[T] = loop.create_future()
-
-        def done(result: object, error: BaseException | None) -> None:
-            def settle() -> None:
-                if future.done():
-                    return
-                if error is not None:
-                    future.set_exception(error)
-                else:
-                    future.set_result(result)  # type: ignore[arg-type]
-
-            loop.call_soon_threadsafe(settle)
-
-        self.batcher.call(fn, done)
-        return await future
 
     async def aclose(self) -> None:
         if self._closed:
             return
         self._closed = True
         # Cancels what still runs (the app has ended its streams by now) and stops the loop.
-        await asyncio.get_running_loop().run_in_executor(None, self.batcher.close)
+        await asyncio.get_running_loop().run_in_executor(None, self._decode_loop.close)
         self._free()
 
 
@@ -399,7 +397,7 @@ class _LlamaGeneration:
         self._loop = loop
         self._queue: asyncio.Queue[object] = asyncio.Queue()
         self._cancelled = threading.Event()
-        engine.batcher.submit(Sequence(request, self._put, self._cancelled, self.stats))
+        engine._decode_loop.submit(new_work(request, self._put, self.stats, self._cancelled))
 
     def _put(self, item: object) -> None:
         try:
@@ -426,4 +424,4 @@ class _LlamaGeneration:
         # at the next step. Nothing here waits for the decode thread, so a reader that leaves
         # is never held up.
         self._cancelled.set()
-        self._engine.batcher.wake()
+        self._engine._decode_loop.wake()

@@ -9,7 +9,7 @@ from typing import Any
 import llama_cpp
 import numpy as np
 
-from service.contract import ModelFailure
+from service.engine.base import GenerationFailed
 
 # llama.cpp handles (model, context, sampler): opaque ctypes pointers.
 CPointer = Any
@@ -90,7 +90,7 @@ class GrammarSampler:
         # Never seen: the grammar allows a token our alphabet ruled out. Stay correct.
         ok = self.allowed(self._everything)
         if not ok.any():
-            raise ModelFailure(detail="the grammar allows no token at all")
+            raise GenerationFailed("the grammar allows no token at all")
         return int(np.argmax(np.where(ok, logits, -np.inf)))
 
 

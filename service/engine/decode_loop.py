@@ -1,0 +1,323 @@
+"""Continuous batching (issue #6): the thread that, step after step, asks the scheduler what to
+do, has the runner do it, and moves each request on through its grammar state.
+
+- Every running request is one sequence of one llama.cpp context; each step decodes one token
+  (or a jump-forward run of forced tokens) of every sequence in a single llama_decode call.
+- Requests join between steps and leave the moment they finish, are cancelled or run out of
+  time; each has its own grammar state and random generator.
+- What joins, what is preempted and what goes into a step is the scheduler's decision
+  (``scheduler``); the llama.cpp calls are the runner's (``runner``); the text a request may
+  write is its grammar state's (``grammar_state``). This module only wires them.
+- How many CPU threads each step uses follows what other processes use (``cpu_share``).
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+from collections import deque
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from time import perf_counter
+
+import numpy as np
+
+from service.engine.base import (
+    ChatMessage,
+    EngineError,
+    FinishReason,
+    GenerationFailed,
+    GenerationRequest,
+    GenerationStats,
+    PromptDoesNotFit,
+)
+from service.engine.cpu_share import ThreadGovernor
+from service.engine.grammar_state import CompiledGrammar, GrammarState, Vocabulary
+from service.engine.runner import CacheFull, Chunk, ModelRunner
+from service.engine.scheduler import PROMPT_HOLDER, DropHolder, NoRoom, Phase, ScheduledRequest, Scheduler
+
+logger = logging.getLogger(__name__)
+
+# What a request hands its reader: a piece of text, an EngineError, or END.
+END = object()
+Emit = Callable[[object], None]
+
+
+@dataclass(eq=False)
+class Generation:
+    """What the loop keeps with each request besides its tokens."""
+
+    request: GenerationRequest
+    emit: Emit
+    stats: GenerationStats
+    started: float = 0.0  # perf_counter() when it first started; 0.0 before
+    grammar: GrammarState | None = None
+    rng: np.random.Generator | None = None
+
+
+Work = ScheduledRequest[Generation]
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """What the loop needs of the loaded model, and nothing else of the engine."""
+
+    runner: ModelRunner
+    vocabulary: Vocabulary
+    grammars: Mapping[str, CompiledGrammar]
+    prompt_tokens: Callable[[tuple[ChatMessage, ...]], list[int]]
+    is_end: Callable[[int], bool]
+    context_size: int
+    jump_forward: bool
+
+
+def new_work(request: GenerationRequest, emit: Emit, stats: GenerationStats, cancelled: threading.Event) -> Work:
+    return ScheduledRequest(prompt=[], payload=Generation(request, emit, stats), cancelled=cancelled)
+
+
+class DecodeLoop:
+    """``submit``, ``wake`` and ``close`` are safe from any thread; everything else runs on the
+    loop's own thread."""
+
+    def __init__(self, model: LoadedModel, max_sequences: int, step_tokens: int, governor: ThreadGovernor) -> None:
+        self._model = model
+        self._runner = model.runner
+        self._scheduler: Scheduler[Generation] = Scheduler(max_sequences, step_tokens)
+        self._governor = governor
+        self._inbox: deque[Work] = deque()
+        self._wake = threading.Condition()
+        self._closing = False
+        self._thread = threading.Thread(target=self._run, name="llama-decode", daemon=True)
+        self._thread.start()
+
+    # -- from any thread ---------------------------------------------------------------------
+
+    def submit(self, work: Work) -> None:
+        with self._wake:
+            self._inbox.append(work)
+            self._wake.notify()
+
+    def wake(self) -> None:
+        with self._wake:
+            self._wake.notify()
+
+    def close(self) -> None:
+        """Cancel everything still running or waiting and stop the loop (waits for it)."""
+        with self._wake:
+            self._closing = True
+            self._wake.notify()
+        self._thread.join()
+        self._runner.close()
+
+    # -- the loop ----------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        scheduler = self._scheduler
+        while True:
+            with self._wake:
+                while not (self._closing or self._inbox or scheduler.running or scheduler.admissible()):
+                    self._wake.wait()
+                if self._closing:
+                    break
+                arrived = list(self._inbox)
+                self._inbox.clear()
+            try:
+                for work in arrived:
+                    self._enqueue(work)
+                self._admit()
+                self._reap()
+                if scheduler.running:
+                    self._step()
+            except Exception as exc:  # a broken step must fail its requests, not stop the thread
+                logger.exception("decode step failed")
+                self._fail_all(GenerationFailed(f"{type(exc).__name__}: {exc}"))
+        with self._wake:
+            leftover = [*self._inbox, *scheduler.running, *scheduler.waiting]
+            self._inbox.clear()
+        for work in leftover:
+            work.cancelled.set()
+            self._finish(work, FinishReason.CANCELLED)
+
+    def _enqueue(self, work: Work) -> None:
+        try:
+            work.prompt = self._model.prompt_tokens(work.payload.request.messages)
+        except Exception as exc:  # noqa: BLE001 - handed to that request's reader
+            # A prompt that cannot be rendered or tokenized fails that request alone.
+            self._fail_starting(work, exc)
+            return
+        self._scheduler.add(work)
+
+    def _admit(self) -> None:
+        while (work := self._scheduler.next_to_start()) is not None:
+            if work.cancelled.is_set():
+                self._finish(work, FinishReason.CANCELLED)
+                continue
+            try:
+                first_time = work.phase is Phase.WAITING
+                opening = self._start(work) if first_time else []
+                admission = self._scheduler.place(work, [*work.prompt, *opening])
+                self._runner.copy(PROMPT_HOLDER, work.seq_id, 0, admission.shared)
+                if first_time:
+                    work.payload.stats.cached_prompt_tokens = admission.shared
+            except Exception as exc:  # noqa: BLE001 - handed to that request's reader
+                self._fail_starting(work, exc)
+
+    def _start(self, work: Work) -> list[int]:
+        """Set a request up on its first start; the tokens of its forced opening."""
+        generation = work.payload
+        request, stats = generation.request, generation.stats
+        generation.started = perf_counter()
+        if request.deadline_s is not None:
+            work.deadline = generation.started + request.deadline_s
+        stats.prompt_tokens = len(work.prompt)
+        if len(work.prompt) + request.max_tokens > self._model.context_size:
+            raise PromptDoesNotFit(
+                f"prompt {len(work.prompt)} + max_tokens {request.max_tokens} > context {self._model.context_size}"
+            )
+        grammar = self._model.grammars.get(request.grammar)
+        if grammar is None:
+            raise GenerationFailed(f"unknown grammar {request.grammar!r}")
+        stats.seed = request.seed if request.seed is not None else secrets.randbits(32)
+        generation.rng = np.random.default_rng(stats.seed)
+        generation.grammar = GrammarState(grammar, self._model.vocabulary, self._model.jump_forward)
+        stats.finish_reason = FinishReason.LENGTH
+        # The answer's opening is forced: it goes in with the prompt, not a token a step.
+        opening, text = self._accept_forced(generation)
+        if text:
+            generation.emit(text)
+        return opening
+
+    def _reap(self) -> None:
+        for work, cancelled in list(self._scheduler.overdue(perf_counter())):
+            self._finish(work, FinishReason.CANCELLED if cancelled else FinishReason.DEADLINE)
+
+    def _step(self) -> None:
+        plan = self._scheduler.plan()
+        if not plan:
+            return
+        chunks = [
+            Chunk(work.seq_id, len(work.cached), work.pending[:take], take == len(work.pending)) for work, take in plan
+        ]
+        self._use_threads(self._governor.threads_for_next_step())
+        try:
+            rows = self._runner.decode(chunks)
+        except CacheFull:
+            self._make_room()
+            return
+        for (work, take), logits in zip(plan, rows, strict=True):
+            keep = self._scheduler.evaluated(work, take)
+            if keep is not None:
+                generation = work.payload
+                generation.stats.prompt_seconds = perf_counter() - generation.started
+                self._runner.forget(PROMPT_HOLDER, keep.common)
+                self._runner.copy(keep.source, PROMPT_HOLDER, keep.common, len(keep.prompt))
+            if logits is None:
+                continue
+            try:
+                self._advance(work, logits)
+            except EngineError as exc:
+                self._fail(work, exc)
+
+    def _use_threads(self, threads: int) -> None:
+        if threads != self._runner.threads:
+            governor = self._governor
+            logger.info(
+                "other processes use %.1f of %d cores: decoding on %d of %d threads",
+                governor.others,
+                governor.cores,
+                threads,
+                governor.most,
+            )
+            self._runner.use_threads(threads)
+
+    def _advance(self, work: Work, logits: np.ndarray) -> None:
+        """Choose the next token from ``logits``, send its text, and queue it (with the tokens
+        of any text the grammar forces after it) for the next step."""
+        generation = work.payload
+        request, stats, grammar = generation.request, generation.stats, generation.grammar
+        assert grammar is not None and generation.rng is not None
+        token = grammar.pick(logits, request.temperature, generation.rng)
+        if self._model.is_end(token):
+            self._finish(work, FinishReason.STOP)
+            return
+        if stats.generated_tokens >= request.max_tokens:
+            self._finish(work, FinishReason.LENGTH)
+            return
+        text = grammar.accept(token)
+        stats.generated_tokens += 1
+        forced, forced_text = self._accept_forced(generation)
+        stats.decode_steps += 1
+        if text or forced_text:
+            generation.emit(text + forced_text)
+        if grammar.complete:
+            # The grammar allows only the end now: no need to decode and sample it.
+            self._finish(work, FinishReason.STOP)
+            return
+        work.pending = [token, *forced]
+
+    def _accept_forced(self, generation: Generation) -> tuple[list[int], str]:
+        assert generation.grammar is not None
+        stats = generation.stats
+        tokens, text = generation.grammar.accept_forced(generation.request.max_tokens - stats.generated_tokens)
+        stats.generated_tokens += len(tokens)
+        stats.forced_tokens += len(tokens)
+        return tokens, text
+
+    def _make_room(self) -> None:
+        try:
+            action = self._scheduler.cache_full()
+        except NoRoom as exc:
+            raise GenerationFailed(str(exc)) from exc
+        if isinstance(action, DropHolder):
+            self._runner.forget(PROMPT_HOLDER)
+            return
+        self._runner.forget(action.seq_id)
+        action.request.payload.stats.preemptions += 1
+        logger.warning(
+            "KV cache full: request preempted, to be evaluated again (%d tokens)", len(action.request.pending)
+        )
+
+    # -- endings -----------------------------------------------------------------------------
+
+    def _release(self, work: Work) -> None:
+        seq_id = self._scheduler.release(work)
+        if seq_id >= 0:
+            self._runner.forget(seq_id)
+        generation = work.payload
+        stats = generation.stats
+        if generation.grammar is not None:
+            stats.full_vocab_checks = generation.grammar.full_vocab_checks
+            generation.grammar.close()
+            generation.grammar = None
+        if generation.started:
+            stats.decode_seconds = max(perf_counter() - generation.started - stats.prompt_seconds, 0.0)
+
+    def _finish(self, work: Work, reason: FinishReason) -> None:
+        generation = work.payload
+        if reason is FinishReason.STOP and generation.grammar is not None:
+            try:
+                generation.grammar.finish()
+            except GenerationFailed as exc:
+                self._fail(work, exc)
+                return
+        generation.stats.finish_reason = reason
+        self._release(work)
+        generation.emit(END)
+
+    def _fail_starting(self, work: Work, exc: Exception) -> None:
+        if not isinstance(exc, EngineError):
+            logger.exception("starting a generation failed")
+            exc = GenerationFailed(f"{type(exc).__name__}: {exc}")
+        self._fail(work, exc)
+
+    def _fail(self, work: Work, error: EngineError) -> None:
+        self._release(work)
+        work.payload.emit(error)
+
+    def _fail_all(self, error: EngineError) -> None:
+        for work in list(self._scheduler.running):
+            self._fail(work, error)
+        # The cache may hold half a step: start again from nothing.
+        self._runner.clear()
+        self._scheduler.reset()

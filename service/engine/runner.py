@@ -1,0 +1,96 @@
+"""The model runner: builds a step's batch, calls llama_decode, hands back logits, and moves KV
+cells between sequences as the scheduler decides. It decides nothing itself.
+
+Only the decode thread calls it: llama.cpp's OpenMP thread team belongs to the thread that
+calls llama_decode, and decoding from a second thread halved the speed (issue #6).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import llama_cpp
+import numpy as np
+
+from service.engine.base import GenerationFailed
+from service.engine.sampling import CPointer
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """Tokens of one sequence for the next step, from position ``start``; ``logits``: whether
+    the last one's logits are wanted (it ends what the sequence had pending)."""
+
+    seq_id: int
+    start: int
+    tokens: list[int]
+    logits: bool
+
+
+class CacheFull(Exception):
+    """llama_decode found no room for the step and changed nothing."""
+
+
+class ModelRunner:
+    def __init__(self, ctx: CPointer, step_tokens: int, n_vocab: int, threads: int) -> None:
+        self._ctx = ctx
+        self._memory = llama_cpp.llama_get_memory(ctx)
+        self._n_vocab = n_vocab
+        self._batch = llama_cpp.llama_batch_init(step_tokens, 0, 1)
+        self.threads = threads
+
+    def decode(self, chunks: list[Chunk]) -> list[np.ndarray | None]:
+        """Evaluate ``chunks`` in one llama_decode; per chunk, its last token's logits (a view
+        valid until the next step) or None. Raises CacheFull when nothing fit."""
+        outputs = self._fill(chunks)
+        status = llama_cpp.llama_decode(self._ctx, self._batch)
+        if status == 1:
+            raise CacheFull()
+        if status != 0:
+            raise GenerationFailed(f"llama_decode returned {status}")
+        return [
+            None
+            if index is None
+            else np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self._ctx, index), shape=(self._n_vocab,))
+            for index in outputs
+        ]
+
+    def _fill(self, chunks: list[Chunk]) -> list[int | None]:
+        batch = self._batch
+        index = 0
+        outputs: list[int | None] = []
+        for chunk in chunks:
+            for offset, token in enumerate(chunk.tokens):
+                batch.token[index] = token
+                batch.pos[index] = chunk.start + offset
+                batch.n_seq_id[index] = 1
+                batch.seq_id[index][0] = chunk.seq_id
+                batch.logits[index] = 0
+                index += 1
+            if chunk.logits:
+                batch.logits[index - 1] = 1
+            outputs.append(index - 1 if chunk.logits else None)
+        batch.n_tokens = index
+        return outputs
+
+    def use_threads(self, threads: int) -> None:
+        if threads != self.threads:
+            llama_cpp.llama_set_n_threads(self._ctx, threads, threads)
+            self.threads = threads
+
+    # -- KV cells ----------------------------------------------------------------------------
+
+    def copy(self, source: int, target: int, start: int, end: int) -> None:
+        """Tag ``source``'s cells for positions [start, end) as ``target``'s too."""
+        if end > start:
+            llama_cpp.llama_memory_seq_cp(self._memory, source, target, start, end)
+
+    def forget(self, seq_id: int, start: int = 0) -> None:
+        """Drop ``seq_id``'s cells from position ``start`` on."""
+        llama_cpp.llama_memory_seq_rm(self._memory, seq_id, start, -1)
+
+    def clear(self) -> None:
+        llama_cpp.llama_memory_clear(self._memory, True)
+
+    def close(self) -> None:
+        llama_cpp.llama_batch_free(self._batch)

@@ -1,0 +1,237 @@
+"""What the decode loop does next: which requests join, which one is preempted, and what goes
+into the next step. Decisions only: no model, no llama.cpp; the loop carries them out through
+the runner (issue #14, in the manner of vLLM's scheduler / model-runner split).
+
+- Requests join between steps while a sequence id is free, in arrival order. A request whose
+  prompt shares much more with a prompt still being evaluated than with the kept one waits for
+  that prompt to finish, then copies it instead of evaluating the same instructions beside it.
+- Sequence 0 holds the last finished prompt; a joining request copies the prefix it shares
+  with it (in a unified KV cache that copy only tags cells).
+- A step takes one token (or a jump-forward run) from every decoding request first, then
+  prompt chunks in what is left of the batch, so one cold prompt does not stall the others.
+- When the cache is full the kept prompt goes first, then the youngest request is preempted:
+  it keeps its tokens and waits at the head of the queue to be evaluated again (recompute).
+  Nobody joins until a request finishes, so joining and preempting never take turns.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Generic, TypeVar
+
+PROMPT_HOLDER = 0  # the sequence id that keeps the last prompt for the next request to share
+# A request waits for a prompt being evaluated when that one shares this many more tokens.
+SHARE_LATER_MARGIN = 64
+
+
+class Phase(StrEnum):
+    WAITING = "waiting"  # queued, never started
+    PREFILL = "prefill"  # its prompt (or, after a preemption, all its tokens) is being evaluated
+    DECODING = "decoding"  # one token (or a forced run) per step
+    PREEMPTED = "preempted"  # evicted from a full cache: waits at the queue's head, tokens kept
+    DONE = "done"
+
+
+Payload = TypeVar("Payload")
+
+
+@dataclass(eq=False)
+class ScheduledRequest(Generic[Payload]):
+    """A request as the scheduler sees it: its tokens and where they are. ``payload`` is what
+    the loop keeps with it (its reader, grammar state, statistics)."""
+
+    prompt: list[int]
+    payload: Payload
+    cancelled: threading.Event = field(default_factory=threading.Event)
+    deadline: float = float("inf")
+    phase: Phase = Phase.WAITING
+    seq_id: int = -1
+    # Tokens in this request's KV cells (positions 0..n-1), and those still to evaluate: the
+    # last of ``pending`` gives the logits that choose the next token.
+    cached: list[int] = field(default_factory=list)
+    pending: list[int] = field(default_factory=list)
+    # Its prompt was evaluated (once is enough: a preempted request's second evaluation is not
+    # a prompt for others to share, and it decodes first in every step).
+    prompt_evaluated: bool = False
+
+    @property
+    def tokens(self) -> list[int]:
+        """Everything it has: the prompt before it starts, then cached + pending."""
+        return self.cached + self.pending if self.cached or self.pending else self.prompt
+
+
+@dataclass(frozen=True)
+class Admission(Generic[Payload]):
+    """Start ``request`` in sequence ``request.seq_id``; copy its first ``shared`` tokens from
+    the prompt holder."""
+
+    request: ScheduledRequest[Payload]
+    shared: int
+
+
+@dataclass(frozen=True)
+class KeepPrompt:
+    """Make the holder keep ``prompt``: its cells from ``common`` on are replaced by those of
+    sequence ``source``."""
+
+    source: int
+    common: int
+    prompt: list[int]
+
+
+@dataclass(frozen=True)
+class DropHolder:
+    """Free the prompt holder's cells."""
+
+
+@dataclass(frozen=True)
+class Preempt(Generic[Payload]):
+    """Free ``seq_id``'s cells; ``request`` waits to be evaluated again."""
+
+    request: ScheduledRequest[Payload]
+    seq_id: int
+
+
+class NoRoom(Exception):
+    """Not even one request fits the cache (a prompt + max_tokens check failed to hold)."""
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    count = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        count += 1
+    return count
+
+
+class Scheduler(Generic[Payload]):
+    """Single-threaded: the decode loop calls it between steps."""
+
+    def __init__(self, max_running: int, step_tokens: int) -> None:
+        self.step_tokens = step_tokens
+        self.waiting: deque[ScheduledRequest[Payload]] = deque()
+        self.running: list[ScheduledRequest[Payload]] = []  # in admission order: last = youngest
+        self.holder: list[int] = []  # the tokens the prompt holder keeps
+        self._free_ids = deque(range(PROMPT_HOLDER + 1, PROMPT_HOLDER + 1 + max_running))
+        self._room_wanted = False  # a request was preempted: admit nobody until one finishes
+
+    # -- joining -----------------------------------------------------------------------------
+
+    def add(self, request: ScheduledRequest[Payload]) -> None:
+        self.waiting.append(request)
+
+    def admissible(self) -> bool:
+        return bool(self.waiting) and bool(self._free_ids) and not self._room_wanted
+
+    def next_to_start(self) -> ScheduledRequest[Payload] | None:
+        """The request to take off the queue now, or None to wait. A cancelled one is returned
+        too, for the loop to end."""
+        if not self.admissible():
+            return None
+        head = self.waiting[0]
+        if not head.cancelled.is_set() and self._better_shared_later(head):
+            return None
+        return self.waiting.popleft()
+
+    def _better_shared_later(self, request: ScheduledRequest[Payload]) -> bool:
+        tokens = request.tokens
+        kept = common_prefix(self.holder, tokens)
+        return any(
+            not other.prompt_evaluated and common_prefix(other.prompt, tokens) > kept + SHARE_LATER_MARGIN
+            for other in self.running
+        )
+
+    def place(self, request: ScheduledRequest[Payload], pending: list[int]) -> Admission[Payload]:
+        """Give ``request`` a sequence. ``pending``: on its first start, every token it begins
+        with (prompt and forced opening); after a preemption, ignored (it has its own)."""
+        if request.phase is Phase.WAITING:
+            request.pending = pending
+        tokens = request.cached + request.pending
+        # The last token is evaluated again even when cached: its logits choose the next one.
+        shared = min(common_prefix(self.holder, tokens), len(tokens) - 1)
+        request.seq_id = self._free_ids.popleft()
+        request.cached, request.pending = tokens[:shared], tokens[shared:]
+        request.phase = Phase.PREFILL
+        self.running.append(request)
+        return Admission(request, max(shared, 0))
+
+    # -- leaving -----------------------------------------------------------------------------
+
+    def overdue(self, now: float) -> Iterator[tuple[ScheduledRequest[Payload], bool]]:
+        """Cancelled (True) or past their deadline (False), running or waiting; they are taken
+        off the queue here, and the loop releases the running ones."""
+        leaving = [r for r in [*self.running, *self.waiting] if r.cancelled.is_set() or now > r.deadline]
+        for request in leaving:
+            if request in self.waiting:
+                self.waiting.remove(request)
+            yield request, request.cancelled.is_set()
+
+    def release(self, request: ScheduledRequest[Payload]) -> int:
+        """``request`` is done; the sequence id whose cells the loop frees (-1: none)."""
+        if request in self.running:
+            self.running.remove(request)
+            self._room_wanted = False
+        if request in self.waiting:
+            self.waiting.remove(request)
+        seq_id, request.seq_id = request.seq_id, -1
+        if seq_id >= 0:
+            self._free_ids.append(seq_id)
+        request.phase = Phase.DONE
+        return seq_id
+
+    # -- the step ----------------------------------------------------------------------------
+
+    def plan(self) -> list[tuple[ScheduledRequest[Payload], int]]:
+        """(request, how many of its pending tokens) for the next step: decoding requests
+        first, then prompt chunks, within ``step_tokens``."""
+        budget = self.step_tokens
+        plan = []
+        for request in sorted(self.running, key=lambda r: not r.prompt_evaluated):
+            take = min(len(request.pending), budget)
+            if take:
+                plan.append((request, take))
+                budget -= take
+        return plan
+
+    def evaluated(self, request: ScheduledRequest[Payload], take: int) -> KeepPrompt | None:
+        """``take`` of ``request``'s pending tokens are in the cache now. When that finished
+        its prompt, the holder keeps it for the next request (usually the same instructions,
+        or the next turn of the same conversation)."""
+        request.cached.extend(request.pending[:take])
+        del request.pending[:take]
+        if request.pending or request.phase is Phase.DECODING:
+            return None
+        request.phase = Phase.DECODING
+        if request.prompt_evaluated:
+            return None
+        request.prompt_evaluated = True
+        common = common_prefix(self.holder, request.prompt)
+        self.holder = list(request.prompt)
+        return KeepPrompt(request.seq_id, common, request.prompt)
+
+    def cache_full(self) -> DropHolder | Preempt[Payload]:
+        """What to free when the cache cannot take the step: the kept prompt, then the
+        youngest request. Raises NoRoom when a request alone does not fit."""
+        if self.holder:
+            self.holder = []
+            return DropHolder()
+        if len(self.running) < 2:
+            raise NoRoom("the KV cache has no room for a single sequence")
+        victim = self.running.pop()
+        seq_id, victim.seq_id = victim.seq_id, -1
+        self._free_ids.append(seq_id)
+        victim.pending = victim.cached + victim.pending
+        victim.cached = []
+        victim.phase = Phase.PREEMPTED
+        self._room_wanted = True
+        self.waiting.appendleft(victim)
+        return Preempt(victim, seq_id)
+
+    def reset(self) -> None:
+        """After a failed step the cache is cleared: nothing is kept."""
+        self.holder = []

@@ -1,0 +1,73 @@
+"""The layers the README's tree shows, held by the imports: no cycles, an engine that never
+reaches up into the web layer, and a scheduler that decides without llama.cpp."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+SERVICE = ROOT / "service"
+# What the engine may import from outside service/engine: files it reads, nothing web.
+ENGINE_MAY_USE = {"service.grammar", "service.memory_plan", "service.model_files", "service.settings"}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def service_imports() -> dict[str, set[str]]:
+    """Each service module and the service modules it imports (at any depth of the file)."""
+    modules = {module_name(path): path for path in SERVICE.rglob("*.py")}
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                targets = [node.module, *(f"{node.module}.{alias.name}" for alias in node.names)]
+            elif isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            else:
+                continue
+            found.update(target for target in targets if target in modules and target != name)
+        graph[name] = found
+    return graph
+
+
+def test_no_import_cycle_in_service() -> None:
+    graph = service_imports()
+    state: dict[str, str] = {}
+
+    def visit(name: str, path: list[str]) -> None:
+        state[name] = "open"
+        for target in sorted(graph[name]):
+            if target.startswith(name + "."):
+                continue  # a package importing its own modules is not a cycle
+            assert state.get(target) != "open", " -> ".join([*path, name, target])
+            if target not in state:
+                visit(target, [*path, name])
+        state[name] = "done"
+
+    for name in sorted(graph):
+        if name not in state:
+            visit(name, [])
+
+
+def test_the_engine_never_imports_the_web_layer() -> None:
+    for name, targets in service_imports().items():
+        if name.startswith("service.engine"):
+            outside = {t for t in targets if not t.startswith("service.engine")}
+            assert outside <= ENGINE_MAY_USE, (name, outside - ENGINE_MAY_USE)
+
+
+def test_the_scheduler_and_the_thread_governor_decide_without_llama_cpp() -> None:
+    code = (
+        "import sys, service.engine.scheduler, service.engine.cpu_share; "
+        "print('llama_cpp' in sys.modules, 'numpy' in sys.modules)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False", "False"]

@@ -1,0 +1,209 @@
+"""The scheduler's decisions, without a model (in the manner of vLLM's test_scheduler.py):
+joining, prefix sharing, the step plan, preemption order, deadlines and cancellation."""
+
+from __future__ import annotations
+
+import pytest
+
+from service.engine.scheduler import (
+    PROMPT_HOLDER,
+    DropHolder,
+    KeepPrompt,
+    NoRoom,
+    Phase,
+    Preempt,
+    ScheduledRequest,
+    Scheduler,
+)
+
+INSTRUCTIONS = list(range(100, 300))  # 200 tokens every base-info prompt starts with
+
+
+def request(tail: list[int], name: str = "", deadline: float = float("inf")) -> ScheduledRequest[str]:
+    return ScheduledRequest(prompt=[*INSTRUCTIONS, *tail], payload=name, deadline=deadline)
+
+
+def start_all(scheduler: Scheduler[str]) -> list[ScheduledRequest[str]]:
+    started = []
+    while (work := scheduler.next_to_start()) is not None:
+        scheduler.place(work, list(work.prompt))
+        started.append(work)
+    return started
+
+
+def run_prompts(scheduler: Scheduler[str]) -> list[KeepPrompt]:
+    """Steps until every running request decodes; what the holder was told to keep."""
+    kept = []
+    while any(r.phase is Phase.PREFILL for r in scheduler.running):
+        for work, take in scheduler.plan():
+            keep = scheduler.evaluated(work, take)
+            if keep is not None:
+                kept.append(keep)
+    return kept
+
+
+def decode_one(scheduler: Scheduler[str], token: int = 7) -> None:
+    """Every running request samples ``token`` and the next step evaluates it."""
+    for work in scheduler.running:
+        work.pending = [token]
+    for work, take in scheduler.plan():
+        scheduler.evaluated(work, take)
+
+
+def test_requests_join_in_order_while_sequences_are_free() -> None:
+    scheduler: Scheduler[str] = Scheduler(max_running=2, step_tokens=512)
+    for name in "abc":
+        scheduler.add(ScheduledRequest(prompt=[ord(name)], payload=name))  # nothing in common
+    started = start_all(scheduler)
+    assert [r.payload for r in started] == ["a", "b"]
+    assert [r.seq_id for r in started] == [1, 2]
+    assert all(r.phase is Phase.PREFILL for r in started)
+    assert [r.payload for r in scheduler.waiting] == ["c"]
+    scheduler.release(started[0])
+    (third,) = start_all(scheduler)
+    assert (third.payload, third.seq_id) == ("c", 1)
+
+
+def test_a_new_request_copies_the_prefix_the_holder_keeps() -> None:
+    scheduler: Scheduler[str] = Scheduler(max_running=2, step_tokens=512)
+    scheduler.add(request([1, 2, 3], "first"))
+    (first,) = start_all(scheduler)
+    assert first.cached == []
+    (keep,) = run_prompts(scheduler)
+    assert keep == KeepPrompt(source=first.seq_id, common=0, prompt=first.prompt)
+    scheduler.add(request([9, 9], "second"))
+    (second,) = start_all(scheduler)
+    assert second.cached == INSTRUCTIONS  # copied, not evaluated again
+    assert second.pending == [9, 9]
+
+
+def test_the_last_token_is_evaluated_again_when_everything_is_cached() -> None:
+    scheduler: Scheduler[str] = Scheduler(max_running=2, step_tokens=512)
+    scheduler.add(request([1], "first"))
+    start_all(scheduler)
+    run_prompts(scheduler)
+    scheduler.add(request([1], "same prompt"))
+    (again,) = start_all(scheduler)
+    assert again.pending == [1]  # its logits choose the first token
+
+
+def test_a_request_waits_for_a_prompt_being_evaluated_that_it_shares_more_with() -> None:
+    scheduler: Scheduler[str] = Scheduler(max_running=4, step_tokens=64)
+    scheduler.add(request([1], "cold"))
+    start_all(scheduler)
+    scheduler.add(request([2], "same instructions"))
+    assert scheduler.next_to_start() is None  # sharing 200 tokens later beats evaluating them now
+    run_prompts(scheduler)
+    (second,) = start_all(scheduler)
+    assert len(second.cached) == len(INSTRUCTIONS)
+
+
+def test_a_cancelled_request_is_let_through_to_be_ended() -> None:
+    scheduler: Scheduler[str] = Scheduler(max_running=4, step_tokens=64)
+    scheduler.add(request([1], "cold"))
+    start_all(scheduler)
+    waiting = request([2], "gone")
+    waiting.cancelled.set()
+    scheduler.add(waiting)
+    assert scheduler.next_to_start() is waiting
+
+
+def test_a_step_takes_decoding_tokens_first_then_prompt_chunks_within_the_budget() -> None:
+    scheduler: Scheduler[str] = Scheduler(max_running=3, step_tokens=256)
+    scheduler.add(request([1], "decoding"))
+    (decoding,) = start_all(scheduler)
+    run_prompts(scheduler)
+    decoding.pending = [5, 6, 7]  # a token and two forced ones
+    scheduler.add(ScheduledRequest(prompt=list(range(1000, 1600)), payload="long prompt"))
+    (long,) = start_all(scheduler)
+    plan = scheduler.plan()
+    assert [(r.payload, take) for r, take in plan] == [("decoding", 3), ("long prompt", 253)]
+    for work, take in plan:
+        scheduler.evaluated(work, take)
+    assert long.phase is Phase.PREFILL and len(long.cached) == 253
+
+
+def test_the_holder_is_dropped_before_anyone_is_preempted() -> None:
+    scheduler: Scheduler[str] = Scheduler(max_running=3, step_tokens=512)
+    scheduler.add(request([1], "a"))
+    start_all(scheduler)
+    run_prompts(scheduler)
+    assert isinstance(scheduler.cache_full(), DropHolder)
+    assert scheduler.holder == []
+
+
+def test_the_youngest_is_preempted_keeps_its_tokens_and_goes_first_when_room_returns() -> None:
+    scheduler: Scheduler[str] = Scheduler(max_running=3, step_tokens=512)
+    for name in "abc":
+        scheduler.add(request([ord(name)], name))
+        start_all(scheduler)
+        run_prompts(scheduler)
+    decode_one(scheduler)
+    scheduler.cache_full()  # the holder first
+    action = scheduler.cache_full()
+    assert isinstance(action, Preempt)
+    victim = action.request
+    assert (victim.payload, action.seq_id, victim.phase) == ("c", 3, Phase.PREEMPTED)
+    assert victim.cached == [] and victim.pending == [*victim.prompt, 7]
+    scheduler.add(request([4], "newcomer"))
+    assert scheduler.next_to_start() is None  # nobody joins until someone finishes
+    scheduler.release(scheduler.running[0])
+    assert scheduler.next_to_start() is victim
+    scheduler.place(victim, [])
+    assert victim.pending == [*victim.prompt, 7]
+    assert [r.phase for r in scheduler.running] == [Phase.DECODING, Phase.PREFILL]
+    assert run_prompts(scheduler) == []  # its second evaluation is not a prompt to keep
+    assert [r.phase for r in scheduler.running] == [Phase.DECODING, Phase.DECODING]
+
+
+def test_a_request_alone_that_does_not_fit_is_no_room() -> None:
+    scheduler: Scheduler[str] = Scheduler(max_running=2, step_tokens=512)
+    scheduler.add(request([1], "alone"))
+    start_all(scheduler)
+    with pytest.raises(NoRoom):
+        scheduler.cache_full()
+
+
+def test_overdue_and_cancelled_requests_leave_from_the_batch_and_the_queue() -> None:
+    scheduler: Scheduler[str] = Scheduler(max_running=1, step_tokens=512)
+    running = request([1], "running", deadline=10.0)
+    scheduler.add(running)
+    start_all(scheduler)
+    patient = request([2], "patient", deadline=100.0)
+    hurried = request([3], "hurried", deadline=5.0)
+    gone = request([4], "gone")
+    gone.cancelled.set()
+    for work in (patient, hurried, gone):
+        scheduler.add(work)
+    leaving = {work.payload: cancelled for work, cancelled in scheduler.overdue(now=20.0)}
+    assert leaving == {"running": False, "hurried": False, "gone": True}
+    assert [r.payload for r in scheduler.waiting] == ["patient"]
+    assert scheduler.release(running) == 1 and running.phase is Phase.DONE
+    assert scheduler.next_to_start() is patient
+
+
+def test_the_holder_is_sequence_zero_and_never_given_to_a_request() -> None:
+    scheduler: Scheduler[str] = Scheduler(max_running=4, step_tokens=512)
+    for index in range(4):
+        scheduler.add(ScheduledRequest(prompt=[index], payload=str(index)))
+    assert PROMPT_HOLDER not in {r.seq_id for r in start_all(scheduler)}
+
+
+def test_a_preempted_request_waiting_for_room_still_meets_its_deadline() -> None:
+    # Regression (#13): only running requests were reaped; one evicted from a full cache waited
+    # for room past its deadline.
+    scheduler: Scheduler[str] = Scheduler(max_running=2, step_tokens=512)
+    patient = request([1], "patient", deadline=100.0)
+    scheduler.add(patient)
+    start_all(scheduler)
+    run_prompts(scheduler)
+    hurried = request([2], "hurried", deadline=10.0)
+    scheduler.add(hurried)
+    start_all(scheduler)
+    run_prompts(scheduler)
+    scheduler.cache_full()  # the holder
+    action = scheduler.cache_full()
+    assert isinstance(action, Preempt) and action.request is hurried
+    assert scheduler.next_to_start() is None  # no room until the patient one finishes
+    assert [(w.payload, cancelled) for w, cancelled in scheduler.overdue(now=20.0)] == [("hurried", False)]
+    assert not scheduler.waiting
