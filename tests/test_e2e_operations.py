@@ -13,7 +13,7 @@ import pytest
 from httpx_sse import connect_sse
 
 from service.answer import Answer
-from tests.conftest import Server
+from tests.support.service_process import ServiceProcess
 
 BASE = "/ai/chatbot/recommendation"
 SSE = {"Accept": "text/event-stream"}
@@ -21,25 +21,25 @@ QUERY = {"location": "도시", "workType": "사무직", "category": "비건"}
 TIMEOUT = httpx.Timeout(180.0)
 
 
-def metric(server: Server, name: str) -> float:
+def metric(server: ServiceProcess, name: str) -> float:
     text = httpx.get(f"{server.base_url}/metrics", timeout=TIMEOUT).text
     match = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
 
 
 @pytest.fixture(scope="module")
-def server(server_factory: Callable[..., Server]) -> Server:
+def server(server_factory: Callable[..., ServiceProcess]) -> ServiceProcess:
     return server_factory("operations")
 
 
-def test_ready_turns_200_once_warm(server: Server) -> None:
+def test_ready_turns_200_once_warm(server: ServiceProcess) -> None:
     deadline = time.monotonic() + 60
     while httpx.get(f"{server.base_url}/ready", timeout=TIMEOUT).status_code != 200:
         assert time.monotonic() < deadline, "never became ready"
         time.sleep(0.2)
 
 
-def test_a_reader_that_leaves_stops_its_generation_and_frees_the_engine(server: Server) -> None:
+def test_a_reader_that_leaves_stops_its_generation_and_frees_the_engine(server: ServiceProcess) -> None:
     before = metric(server, "leafresh_generations_cancelled_total")
     with (
         httpx.Client(timeout=TIMEOUT) as client,
@@ -75,7 +75,7 @@ INJECTIONS = [
 
 
 @pytest.mark.parametrize("message", INJECTIONS)
-def test_prompt_injection_never_breaks_the_answer(server: Server, message: str) -> None:
+def test_prompt_injection_never_breaks_the_answer(server: ServiceProcess, message: str) -> None:
     with (
         httpx.Client(timeout=TIMEOUT) as client,
         connect_sse(
@@ -91,7 +91,9 @@ def test_prompt_injection_never_breaks_the_answer(server: Server, message: str) 
     assert metric(server, "leafresh_answer_schema_failures_total") == 0
 
 
-def test_sigterm_ends_open_streams_with_error_and_close_then_exits(server_factory: Callable[..., Server]) -> None:
+def test_sigterm_ends_open_streams_with_error_and_close_then_exits(
+    server_factory: Callable[..., ServiceProcess],
+) -> None:
     doomed = server_factory("sigterm", LEAFRESH_SHUTDOWN_GRACE_S="2")
     events: list[tuple[str, str]] = []
     with (
@@ -110,7 +112,7 @@ def test_sigterm_ends_open_streams_with_error_and_close_then_exits(server_factor
     assert "Traceback" not in log and log.rstrip().endswith("stopped")
 
 
-def test_a_json_client_that_leaves_cancels_its_generation(server: Server) -> None:
+def test_a_json_client_that_leaves_cancels_its_generation(server: ServiceProcess) -> None:
     # Regression (#13): a POST without Accept: text/event-stream kept generating for a client
     # that was gone, holding a slot to the end: a cheap flood.
     before = metric(server, "leafresh_generations_cancelled_total")

@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 
 from service.modelhub import load_catalog
-from tests.conftest import ROOT
 from tests.hub_standin import GOOD_TOKEN, Hub, HubFile, RunningHub
+from tests.support.service_process import ROOT
 
 CONTENT = b"GGUF" + os.urandom(300_000)
 

@@ -19,8 +19,8 @@ from service.app import create_app
 from service.catalog import CATEGORIES
 from service.contract import MSG_MESSAGE_TOO_SHORT
 from service.settings import Settings
-from tests.conftest import ROOT, Server
 from tests.fakes import ScriptedEngine
+from tests.support.service_process import ROOT, ServiceProcess
 
 ARTIFACTS = ROOT / "test-artifacts"
 ANSWER_TIMEOUT_S = 180
@@ -50,7 +50,7 @@ def test_the_page_can_be_switched_off() -> None:
 
 
 @pytest.fixture(scope="module")
-def server(server_factory: Callable[..., Server]) -> Server:
+def server(server_factory: Callable[..., ServiceProcess]) -> ServiceProcess:
     return server_factory("page")
 
 
@@ -115,7 +115,7 @@ def assert_cards_show(page: Page, close: dict[str, Any], code: str) -> None:
 
 
 def test_a_phone_user_gets_challenges_then_continues_the_conversation_and_sees_errors(
-    server: Server, browser: Browser
+    server: ServiceProcess, browser: Browser
 ) -> None:
     page = browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True, has_touch=True)
     problems: list[str] = []

@@ -23,9 +23,13 @@ from service.grammar import CHALLENGE_GRAMMAR_PATH
 from service.prompts import INSTRUCTIONS, base_info_messages, free_text_messages
 from service.serving import CHALLENGE_GRAMMAR, answer_token_budget
 from service.sessions import Turn
-from tests.conftest import STANDIN_ID, Server
-from tests.test_e2e_base_info import BASE, QUERY, SSE, check_success_stream, relay_read
-from tests.test_e2e_free_text import read
+from tests.support.models import STANDIN_ID
+from tests.support.queries import BASE, QUERY, SSE
+from tests.support.service_process import ServiceProcess
+from tests.support.sse import check_success_stream, read_close, relay_read
+
+# Every test here loads a real model (chosen by parameter, so no fixture says so).
+pytestmark = pytest.mark.model
 
 MODELS = ["smollm", "gemma", "standin", "standin_first"]
 HISTORY = [
@@ -171,11 +175,11 @@ def test_korean_in_mistral_byte_tokens_comes_out_in_whole_characters(standin_eng
 
 
 @pytest.fixture(scope="module")
-def standin_server(server_factory: Callable[..., Server], standin_path: Path) -> Server:
+def standin_server(server_factory: Callable[..., ServiceProcess], standin_path: Path) -> ServiceProcess:
     return server_factory("standin", LEAFRESH_MODEL_PATH=str(standin_path), LEAFRESH_PING_INTERVAL_S="0.5")
 
 
-def test_the_standin_streams_base_info_by_the_contract(standin_server: Server) -> None:
+def test_the_standin_streams_base_info_by_the_contract(standin_server: ServiceProcess) -> None:
     _, events = relay_read(f"{standin_server.base_url}{BASE}/base-info", params=QUERY, headers=SSE)
     check_success_stream(events)
     health = httpx.get(f"{standin_server.base_url}/health", timeout=10).json()["data"]
@@ -184,11 +188,11 @@ def test_the_standin_streams_base_info_by_the_contract(standin_server: Server) -
     assert "also starts with a BOS token" not in standin_server.log()
 
 
-def test_a_standin_conversation_shares_the_instructions_and_earlier_turns(standin_server: Server) -> None:
+def test_a_standin_conversation_shares_the_instructions_and_earlier_turns(standin_server: ServiceProcess) -> None:
     session = "standin-conversation"
-    read(standin_server, "/base-info", {**QUERY, "sessionId": session})
+    read_close(standin_server.base_url, "/base-info", {**QUERY, "sessionId": session})
     for message in ("채식 위주로 추천해줘", "운동하면서 할 수 있는 걸로", "원래대로 추천해줘"):
-        read(standin_server, "/free-text", {"sessionId": session, "message": message})
+        read_close(standin_server.base_url, "/free-text", {"sessionId": session, "message": message})
     lines = re.findall(r"free-text answered: .* prompt_tokens=(\d+) cached_prompt_tokens=(\d+)", standin_server.log())
     prompt, cached = (int(value) for value in lines[2])  # the third free-text turn
     # The instructions (several hundred tokens) and the first turns come from the cache; only

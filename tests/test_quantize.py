@@ -15,7 +15,7 @@ from service.engine.llama import LlamaConfig, LlamaCppEngine
 from service.grammar import CHALLENGE_GRAMMAR_PATH
 from service.memory_plan import gguf_file_type
 from service.quantize import QuantizeError, quantize
-from tests.conftest import ROOT
+from tests.support.service_process import ROOT
 from tests.tiny_gguf import write_tiny_llama
 
 

@@ -25,6 +25,9 @@ from service.prompts import base_info_messages
 from service.rendering import AnswerRenderer
 from service.serving import CHALLENGE_GRAMMAR, answer_token_budget
 
+# Every test here runs a real model (chosen by parameter, so no fixture says so).
+pytestmark = pytest.mark.model
+
 RUNS = 30
 TEMPERATURE = 1.5
 PARALLEL = 4

@@ -17,7 +17,7 @@ from service.sessions import (
     SessionUpdate,
     Turn,
 )
-from tests.conftest import RedisServer
+from tests.support.redis import RedisServer
 
 
 def run(coro: Awaitable[Any]) -> Any:

@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from service.settings import Settings, describe_settings_error
-from tests.conftest import ROOT
+from tests.support.service_process import ROOT
 
 
 def test_defaults_serve_every_interface_on_8000(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,7 +12,7 @@ from gguf import GGUFReader
 from service.memory_plan import MISTRAL_7B_INSTRUCT_V03_Q4_K_M
 from service.modelhub import FetchError, fetch, load_catalog
 from service.standin import StandinError, chat_template, compare, load_standin, tensor_plan
-from tests.conftest import STANDIN_ID, STANDIN_LAYERS, STANDIN_WIDTH
+from tests.support.models import STANDIN_ID, STANDIN_LAYERS, STANDIN_WIDTH
 
 
 def test_the_full_size_recipe_is_the_published_q4_k_m_table() -> None:

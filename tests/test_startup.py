@@ -11,7 +11,7 @@ import pytest
 
 from service.catalog import CATEGORIES
 from service.model_files import ModelFileError, check_model_file
-from tests.conftest import ROOT
+from tests.support.service_process import ROOT
 
 
 def start(env: dict[str, str], cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
