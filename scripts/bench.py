@@ -57,18 +57,18 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from service.catalog import CATEGORIES, category_by_code  # noqa: E402
 from service.engine import ChatMessage, GenerationRequest  # noqa: E402
 from service.engine.cpu_share import allowed_cores  # noqa: E402
 from service.engine.forced_text import ForcedTextTracker  # noqa: E402
+from service.engine.grammar import CHALLENGE_GRAMMAR_PATH  # noqa: E402
 from service.engine.llama import LlamaConfig, LlamaCppEngine  # noqa: E402
+from service.engine.memory_plan import MIB, plan, shape_from_gguf  # noqa: E402
+from service.engine.model_files import resolve_model_path  # noqa: E402
 from service.engine.text import hangul_syllables  # noqa: E402
-from service.grammar import CHALLENGE_GRAMMAR_PATH  # noqa: E402
-from service.memory_plan import MIB, plan, shape_from_gguf  # noqa: E402
-from service.model_files import resolve_model_path  # noqa: E402
-from service.modelhub import DEFAULT_MODEL_DIR, load_catalog  # noqa: E402
-from service.prompts import EXAMPLE_ANSWER, INSTRUCTIONS, base_info_messages  # noqa: E402
-from service.serving import CHALLENGE_GRAMMAR, answer_token_budget  # noqa: E402
+from service.recommend.catalog import CATEGORIES, category_by_code  # noqa: E402
+from service.recommend.prompts import EXAMPLE_ANSWER, INSTRUCTIONS, base_info_messages  # noqa: E402
+from service.recommend.serving import CHALLENGE_GRAMMAR, answer_token_budget  # noqa: E402
+from service.tools.modelhub import DEFAULT_MODEL_DIR, load_catalog  # noqa: E402
 from tests.support.metrics import metric  # noqa: E402
 from tests.support.queries import BASE_INFO, QUERY, SSE, rotating_queries  # noqa: E402
 from tests.support.service_process import ServiceProcess  # noqa: E402

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service.modelhub import DEFAULT_MODEL_DIR, FetchError, fetch, load_catalog, resolve_target, sha256_of
+from service.tools.modelhub import DEFAULT_MODEL_DIR, FetchError, fetch, load_catalog, resolve_target, sha256_of
 
 
 def main() -> int:

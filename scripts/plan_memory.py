@@ -5,7 +5,7 @@
 
 Weights come from the GGUF's tensor table (or, with no --model, from Mistral-7B-Instruct-v0.3's
 published shapes and llama.cpp's Q4_K_M recipe); the KV cache from the context size and cache
-type; a compute-buffer margin is added. See service/memory_plan.py.
+type; a compute-buffer margin is added. See service/engine/memory_plan.py.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service.memory_plan import MIB, MISTRAL_7B_INSTRUCT_V03_Q4_K_M, ModelShape, levers, plan, shape_from_gguf
+from service.engine.memory_plan import MIB, MISTRAL_7B_INSTRUCT_V03_Q4_K_M, ModelShape, levers, plan, shape_from_gguf
 
 
 def table(shape: ModelShape, context: int, batch: int) -> str:

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service.quantize import TARGETS, QuantizeError, quantize
+from service.tools.quantize import TARGETS, QuantizeError, quantize
 
 
 def main() -> int:

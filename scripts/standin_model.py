@@ -1,5 +1,5 @@
 """Make a stand-in for a catalog model offline: its architecture, tokenizer and chat template,
-random weights, quantized with our own quantizer (see service/standin.py).
+random weights, quantized with our own quantizer (see service/tools/standin.py).
 
     .venv/bin/python scripts/standin_model.py                                   # full size, ~4.37 GB
     .venv/bin/python scripts/standin_model.py --layers 2 --width 256 --out x.gguf  # a few MB, for tests
@@ -21,9 +21,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from service.modelhub import DEFAULT_MODEL_DIR
-from service.quantize import QuantizeError
-from service.standin import StandinError, compare, load_standin, make_standin
+from service.tools.modelhub import DEFAULT_MODEL_DIR
+from service.tools.quantize import QuantizeError
+from service.tools.standin import StandinError, compare, load_standin, make_standin
 
 
 def main() -> int:

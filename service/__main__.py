@@ -14,12 +14,12 @@ import sys
 import uvicorn
 from pydantic import ValidationError
 
-from service.app import create_app, memory_sessions
+from service.api.app import create_app, memory_sessions
 from service.engine.loader import load_engine
+from service.engine.model_files import ModelFileError
 from service.logs import configure_logging, redact_url
-from service.model_files import ModelFileError
-from service.serving import StartupError
-from service.sessions import SessionStore
+from service.recommend.serving import StartupError
+from service.recommend.sessions import SessionStore
 from service.settings import Settings, describe_settings_error
 
 logger = logging.getLogger("service")
@@ -29,7 +29,7 @@ def open_session_store(settings: Settings) -> SessionStore:
     """The configured store; an unreachable Redis stops start-up with one line."""
     if settings.session_url is None:
         return memory_sessions(settings)
-    from service.sessions import RedisSessionStore
+    from service.recommend.sessions import RedisSessionStore
 
     def store() -> RedisSessionStore:
         return RedisSessionStore(settings.session_url or "", settings.max_turns, settings.session_idle_s)

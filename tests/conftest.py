@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from service.model_files import embedded_model_path
+from service.engine.model_files import embedded_model_path
 from tests.support.models import make_test_standin
 from tests.support.redis import RedisServer
 from tests.support.service_process import ROOT, ServiceProcess, free_port

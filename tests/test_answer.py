@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from service.answer import parse_model_output
-from service.catalog import category_by_code
-from service.contract import ModelFailure
+from service.recommend.answer import parse_model_output
+from service.recommend.catalog import category_by_code
+from service.recommend.contract import ModelFailure
 from tests.test_rendering import RAW
 
 

@@ -1,5 +1,6 @@
-"""The layers the README's tree shows, held by the imports: no cycles, an engine that never
-reaches up into the web layer, and a scheduler that decides without llama.cpp."""
+"""The layers the README's tree shows, held by the imports: every module in a layer, each
+layer importing only those below it (api -> recommend -> engine; tools -> engine), no cycles,
+and a scheduler that decides without llama.cpp."""
 
 from __future__ import annotations
 
@@ -11,8 +12,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 SERVICE = ROOT / "service"
-# What the engine may import from outside service/engine: files it reads, nothing web.
-ENGINE_MAY_USE = {"service.grammar", "service.memory_plan", "service.model_files", "service.settings"}
+# Each layer and the layers it may import. Shared by all: settings, logs, metrics (which import
+# no layer). The entry point (service/__main__.py) may import everything.
+LAYERS = {
+    "service.api": {"service.recommend", "service.engine"},
+    "service.recommend": {"service.engine"},
+    "service.engine": set(),
+    "service.tools": {"service.engine"},
+}
+SHARED = {"service.settings", "service.logs", "service.metrics"}
+
+
+def layer_of(module: str) -> str | None:
+    return next((layer for layer in LAYERS if module == layer or module.startswith(layer + ".")), None)
 
 
 def module_name(path: Path) -> str:
@@ -57,11 +69,21 @@ def test_no_import_cycle_in_service() -> None:
             visit(name, [])
 
 
-def test_the_engine_never_imports_the_web_layer() -> None:
+def test_every_module_lives_in_a_layer_or_is_shared() -> None:
+    loose = {m for m in service_imports() if layer_of(m) is None} - SHARED - {"service", "service.__main__"}
+    assert not loose, f"put these in service/api, recommend, engine or tools: {sorted(loose)}"
+
+
+def test_layers_import_only_the_layers_below_them() -> None:
     for name, targets in service_imports().items():
-        if name.startswith("service.engine"):
-            outside = {t for t in targets if not t.startswith("service.engine")}
-            assert outside <= ENGINE_MAY_USE, (name, outside - ENGINE_MAY_USE)
+        layer = layer_of(name)
+        if layer is None:
+            if name in SHARED:
+                assert all(layer_of(t) is None for t in targets), (name, targets)
+            continue
+        allowed = LAYERS[layer] | {layer}
+        wrong = {t for t in targets if layer_of(t) not in allowed and t not in SHARED}
+        assert not wrong, f"{name} imports {sorted(wrong)}"
 
 
 def test_the_scheduler_and_the_thread_governor_decide_without_llama_cpp() -> None:

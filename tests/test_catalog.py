@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.catalog import CATEGORIES, category_by_code, find_category, find_location, find_work_type
+from service.recommend.catalog import CATEGORIES, category_by_code, find_category, find_location, find_work_type
 
 CONTRACT_CATEGORIES = {
     "제로웨이스트": ("ZERO_WASTE", "제로웨이스트"),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from service.engine import ChatMessage
 from service.engine.chat_template import ChatFormatter, fold_system_into_user
-from service.standin import TEMPLATES_DIR
+from service.tools.standin import TEMPLATES_DIR
 
 CHATML = (
     "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>\n'}}"

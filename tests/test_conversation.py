@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from service.conversation import mentioned_category, mentioned_location, mentioned_work_type, steer
+from service.recommend.conversation import mentioned_category, mentioned_location, mentioned_work_type, steer
 
 
 @pytest.mark.parametrize(

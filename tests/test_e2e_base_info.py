@@ -12,7 +12,7 @@ from urllib.parse import quote
 import httpx
 import pytest
 
-from service.answer import Answer
+from service.recommend.answer import Answer
 from tests.support.queries import BASE, SSE
 from tests.support.service_process import ROOT, ServiceProcess
 from tests.support.sse import TIMEOUT, check_success_stream, relay_read

@@ -12,7 +12,7 @@ import httpx
 import pytest
 from httpx_sse import connect_sse
 
-from service.answer import Answer
+from service.recommend.answer import Answer
 from tests.support.service_process import ServiceProcess
 
 BASE = "/ai/chatbot/recommendation"

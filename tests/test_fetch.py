@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from service.modelhub import load_catalog
+from service.tools.modelhub import load_catalog
 from tests.hub_standin import GOOD_TOKEN, Hub, HubFile, RunningHub
 from tests.support.service_process import ROOT
 

@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from service.engine.forced_text import ForcedTextTracker, GrammarAutomaton
-from service.grammar import Grammar, load_challenge_grammar
+from service.engine.grammar import Grammar, load_challenge_grammar
 from tests.fakes import GOOD_OUTPUT
 
 AUTOMATON = GrammarAutomaton(load_challenge_grammar())

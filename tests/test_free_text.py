@@ -10,11 +10,11 @@ from typing import Any
 import httpx
 from httpx_sse import aconnect_sse
 
-from service.app import create_app
-from service.contract import MSG_GUIDE
+from service.api.app import create_app
 from service.engine import ChatMessage
-from service.serving import RecommendationService
-from service.sessions import MemorySessionStore, SessionUpdate, Turn
+from service.recommend.contract import MSG_GUIDE
+from service.recommend.serving import RecommendationService
+from service.recommend.sessions import MemorySessionStore, SessionUpdate, Turn
 from service.settings import Settings
 from tests.fakes import GOOD_OUTPUT, ScriptedEngine
 

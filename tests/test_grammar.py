@@ -10,8 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.grammar import Grammar, GrammarError, load_challenge_grammar, load_challenge_schema
-from service.serving import answer_token_budget
+from service.engine.grammar import Grammar, GrammarError, load_challenge_grammar, load_challenge_schema
+from service.recommend.serving import answer_token_budget
 
 GRAMMAR = load_challenge_grammar()
 SCHEMA = load_challenge_schema()

@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from service.engine import loader
-from service.memory_plan import MIB, MISTRAL_7B_INSTRUCT_V03_Q4_K_M, plan, shape_from_gguf
+from service.engine.memory_plan import MIB, MISTRAL_7B_INSTRUCT_V03_Q4_K_M, plan, shape_from_gguf
 from service.settings import Settings, describe_settings_error
 
 MISTRAL = MISTRAL_7B_INSTRUCT_V03_Q4_K_M

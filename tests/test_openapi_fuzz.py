@@ -10,7 +10,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 
-from service.app import create_app
+from service.api.app import create_app
 from service.settings import Settings
 from tests.fakes import ScriptedEngine
 

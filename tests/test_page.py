@@ -14,10 +14,10 @@ import httpx
 import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
-from service.answer import Answer, render
-from service.app import create_app
-from service.catalog import CATEGORIES
-from service.contract import MSG_MESSAGE_TOO_SHORT
+from service.api.app import create_app
+from service.recommend.answer import Answer, render
+from service.recommend.catalog import CATEGORIES
+from service.recommend.contract import MSG_MESSAGE_TOO_SHORT
 from service.settings import Settings
 from tests.fakes import ScriptedEngine
 from tests.support.service_process import ROOT, ServiceProcess

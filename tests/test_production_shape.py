@@ -13,16 +13,16 @@ import httpx
 import llama_cpp
 import pytest
 
-from service.answer import parse_model_output
-from service.catalog import CATEGORIES
 from service.engine import GenerationRequest
 from service.engine.base import FinishReason, GenerationStats
+from service.engine.grammar import CHALLENGE_GRAMMAR_PATH
 from service.engine.llama import LlamaConfig, LlamaCppEngine
 from service.engine.text import Utf8PieceDecoder
-from service.grammar import CHALLENGE_GRAMMAR_PATH
-from service.prompts import INSTRUCTIONS, base_info_messages, free_text_messages
-from service.serving import CHALLENGE_GRAMMAR, answer_token_budget
-from service.sessions import Turn
+from service.recommend.answer import parse_model_output
+from service.recommend.catalog import CATEGORIES
+from service.recommend.prompts import INSTRUCTIONS, base_info_messages, free_text_messages
+from service.recommend.serving import CHALLENGE_GRAMMAR, answer_token_budget
+from service.recommend.sessions import Turn
 from tests.support.models import STANDIN_ID
 from tests.support.queries import BASE, QUERY, SSE
 from tests.support.service_process import ServiceProcess
@@ -113,7 +113,7 @@ def test_standin_prompts_are_tokenized_as_mistral_tokenizes_them(standin_engine:
     from mistral_common.protocol.instruct.request import ChatCompletionRequest
     from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
-    from service.standin import load_standin, tokenizer_path
+    from service.tools.standin import load_standin, tokenizer_path
 
     reference = MistralTokenizer.from_file(str(tokenizer_path(load_standin(STANDIN_ID).tokenizer)))
     system, user = base_info_messages("도시", "사무직", CATEGORIES[0])

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from service.contract import InvalidInput
-from service.protocol import decode_twice_encoded, parse_base_info
+from service.recommend.contract import InvalidInput
+from service.recommend.protocol import decode_twice_encoded, parse_base_info
 
 GOOD = {"sessionId": "user123", "location": "도시", "workType": "사무직", "category": "비건"}
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from service.engine import GenerationRequest
+from service.engine.grammar import CHALLENGE_GRAMMAR_PATH
 from service.engine.llama import LlamaConfig, LlamaCppEngine
-from service.grammar import CHALLENGE_GRAMMAR_PATH
-from service.memory_plan import gguf_file_type
-from service.quantize import QuantizeError, quantize
+from service.engine.memory_plan import gguf_file_type
+from service.tools.quantize import QuantizeError, quantize
 from tests.support.service_process import ROOT
 from tests.tiny_gguf import write_tiny_llama
 

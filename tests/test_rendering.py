@@ -7,10 +7,10 @@ import random
 
 import pytest
 
-from service.answer import parse_model_output, render
-from service.catalog import category_by_code
 from service.engine.text import IncompleteText, Utf8PieceDecoder
-from service.rendering import AnswerRenderer
+from service.recommend.answer import parse_model_output, render
+from service.recommend.catalog import category_by_code
+from service.recommend.rendering import AnswerRenderer
 
 RAW = (
     '{"recommend":"오늘 하루 비건 챌린지!","challenges":['

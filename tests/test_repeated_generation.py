@@ -15,15 +15,15 @@ from pathlib import Path
 
 import pytest
 
-from service.answer import parse_model_output, render
-from service.catalog import CATEGORIES, LOCATIONS, WORK_TYPES
 from service.engine import GenerationRequest
 from service.engine.base import FinishReason
+from service.engine.grammar import CHALLENGE_GRAMMAR_PATH
 from service.engine.llama import LlamaConfig, LlamaCppEngine
-from service.grammar import CHALLENGE_GRAMMAR_PATH
-from service.prompts import base_info_messages
-from service.rendering import AnswerRenderer
-from service.serving import CHALLENGE_GRAMMAR, answer_token_budget
+from service.recommend.answer import parse_model_output, render
+from service.recommend.catalog import CATEGORIES, LOCATIONS, WORK_TYPES
+from service.recommend.prompts import base_info_messages
+from service.recommend.rendering import AnswerRenderer
+from service.recommend.serving import CHALLENGE_GRAMMAR, answer_token_budget
 
 # Every test here runs a real model (chosen by parameter, so no fixture says so).
 pytestmark = pytest.mark.model

@@ -12,10 +12,10 @@ import pytest
 from httpx_sse import aconnect_sse
 from pydantic import ValidationError
 
-from service.app import create_app
+from service.api.app import create_app
 from service.engine.base import FinishReason
 from service.logs import redact_url
-from service.sessions import MemorySessionStore, Session, Turn
+from service.recommend.sessions import MemorySessionStore, Session, Turn
 from service.settings import Settings, describe_settings_error
 from tests.fakes import GOOD_OUTPUT, ScriptedEngine
 

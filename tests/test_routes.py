@@ -10,12 +10,12 @@ from urllib.parse import quote
 import httpx
 from httpx_sse import aconnect_sse
 
-from service.answer import Answer, render
-from service.app import create_app
-from service.catalog import find_category
-from service.protocol import parse_base_info
-from service.serving import RecommendationService
-from service.sessions import MemorySessionStore
+from service.api.app import create_app
+from service.recommend.answer import Answer, render
+from service.recommend.catalog import find_category
+from service.recommend.protocol import parse_base_info
+from service.recommend.serving import RecommendationService
+from service.recommend.sessions import MemorySessionStore
 from service.settings import Settings
 from tests.fakes import GOOD_OUTPUT, ScriptedEngine
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from service.sessions import (
+from service.recommend.sessions import (
     MemorySessionStore,
     RedisSessionStore,
     SessionCorrupt,

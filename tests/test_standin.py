@@ -1,5 +1,5 @@
 """The production model's stand-in: made offline, with Mistral-7B-Instruct-v0.3's tensor table,
-tokenizer and templates (scripts/standin_model.py, service/standin.py)."""
+tokenizer and templates (scripts/standin_model.py, service/tools/standin.py)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 from gguf import GGUFReader
 
-from service.memory_plan import MISTRAL_7B_INSTRUCT_V03_Q4_K_M
-from service.modelhub import FetchError, fetch, load_catalog
-from service.standin import StandinError, chat_template, compare, load_standin, tensor_plan
+from service.engine.memory_plan import MISTRAL_7B_INSTRUCT_V03_Q4_K_M
+from service.tools.modelhub import FetchError, fetch, load_catalog
+from service.tools.standin import StandinError, chat_template, compare, load_standin, tensor_plan
 from tests.support.models import STANDIN_ID, STANDIN_LAYERS, STANDIN_WIDTH
 
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from service.catalog import CATEGORIES
-from service.model_files import ModelFileError, check_model_file
+from service.engine.model_files import ModelFileError, check_model_file
+from service.recommend.catalog import CATEGORIES
 from tests.support.service_process import ROOT
 
 
@@ -96,10 +96,10 @@ def test_the_context_check_counts_the_costliest_characters_a_message_may_hold(st
     # check promised to fit could be refused with 422.
     import asyncio
 
+    from service.engine.grammar import CHALLENGE_GRAMMAR_PATH
     from service.engine.llama import LlamaConfig, LlamaCppEngine
-    from service.grammar import CHALLENGE_GRAMMAR_PATH
-    from service.serving import CHALLENGE_GRAMMAR, RecommendationService, StartupError
-    from service.sessions import MemorySessionStore
+    from service.recommend.serving import CHALLENGE_GRAMMAR, RecommendationService, StartupError
+    from service.recommend.sessions import MemorySessionStore
     from service.settings import Settings
 
     settings = Settings(_env_file=None, max_message_chars=400)

@@ -4,7 +4,7 @@ Much of an answer is fixed by the grammar (``","challenges":[{"title":"1. `` and
 Jump-forward decoding (issue #6, as SGLang does it) appends the tokens of such text in one
 decode call instead of sampling them one by one. llama.cpp's grammar sampler can only say
 whether a given token is allowed, not which text is forced, so this module follows the same
-grammar (read by ``service.grammar``) as a character automaton: a Thompson NFA whose state set
+grammar (read by ``service.engine.grammar``) as a character automaton: a Thompson NFA whose state set
 advances with every character the model writes. Text is forced while every live state expects
 the same single character and none could end the answer there.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from service.grammar import CharClass, Choice, Grammar, Literal, Node, Repeat, RuleRef, Sequence
+from service.engine.grammar import CharClass, Choice, Grammar, Literal, Node, Repeat, RuleRef, Sequence
 
 # The longest forced text looked for at once; our literals are far shorter.
 _MAX_FORCED_CHARS = 256

@@ -30,12 +30,12 @@ from service.engine.chat_template import ChatFormatter
 from service.engine.cpu_share import ThreadGovernor, allowed_cores, read_cpu_sample
 from service.engine.decode_loop import END, DecodeLoop, LoadedModel, new_work
 from service.engine.forced_text import GrammarAutomaton
+from service.engine.grammar import Grammar
 from service.engine.grammar_state import CompiledGrammar
+from service.engine.memory_plan import KV_TYPE_GGML
+from service.engine.model_files import ModelFileError, check_model_file
 from service.engine.runner import ModelRunner
 from service.engine.sampling import TOKEN_DATA, CPointer, possible_tokens
-from service.grammar import Grammar
-from service.memory_plan import KV_TYPE_GGML
-from service.model_files import ModelFileError, check_model_file
 
 logger = logging.getLogger(__name__)
 llama_logger = logging.getLogger("llama_cpp")

@@ -9,9 +9,9 @@ import subprocess
 from pathlib import Path
 
 from service.engine.base import Engine
-from service.grammar import CHALLENGE_GRAMMAR_PATH
-from service.memory_plan import MIB, levers, plan, shape_from_gguf
-from service.model_files import check_model_file, resolve_model_path
+from service.engine.grammar import CHALLENGE_GRAMMAR_PATH
+from service.engine.memory_plan import MIB, levers, plan, shape_from_gguf
+from service.engine.model_files import check_model_file, resolve_model_path
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)

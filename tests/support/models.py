@@ -15,7 +15,7 @@ STANDIN_LAYERS, STANDIN_WIDTH = 2, 256
 def make_test_standin(template: str) -> Path:
     """The production model's tokenizer and chat template (``template``: first or later) on two
     small random layers, made once into the project's cache (never committed, never /tmp)."""
-    from service.standin import load_standin, make_standin
+    from service.tools.standin import load_standin, make_standin
 
     spec = load_standin(STANDIN_ID).scaled(STANDIN_LAYERS, STANDIN_WIDTH)
     path = MODEL_CACHE / f"{STANDIN_ID}-L{STANDIN_LAYERS}-W{STANDIN_WIDTH}-{template}-Q4_K_M.gguf"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from service.catalog import CATEGORIES
+from service.recommend.catalog import CATEGORIES
 
 BASE = "/ai/chatbot/recommendation"
 BASE_INFO = f"{BASE}/base-info"

@@ -9,7 +9,7 @@ from typing import Any
 import httpx
 from httpx_sse import connect_sse
 
-from service.answer import Answer, render
+from service.recommend.answer import Answer, render
 from tests.support.queries import BASE, SSE
 
 TIMEOUT = httpx.Timeout(180.0)

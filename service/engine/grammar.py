@@ -23,7 +23,7 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-GRAMMAR_DIR = Path(__file__).resolve().parent.parent / "grammars"
+GRAMMAR_DIR = Path(__file__).resolve().parents[2] / "grammars"
 CHALLENGE_GRAMMAR_PATH = GRAMMAR_DIR / "challenge.gbnf"
 CHALLENGE_SCHEMA_PATH = GRAMMAR_DIR / "challenge.schema.json"
 

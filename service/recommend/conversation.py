@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from service.catalog import (
+from service.recommend.catalog import (
     BACK_TO_BASE_WORDS,
     CATEGORIES,
     LOCATION_WORDS,

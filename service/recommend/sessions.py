@@ -21,7 +21,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.catalog import DEFAULT_CATEGORY_CODE
+from service.recommend.catalog import DEFAULT_CATEGORY_CODE
 
 
 class Turn(BaseModel):

@@ -18,7 +18,7 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-CATALOG_PATH = Path(__file__).resolve().parent.parent / "models" / "catalog.toml"
+CATALOG_PATH = Path(__file__).resolve().parents[2] / "models" / "catalog.toml"
 DEFAULT_MODEL_DIR = Path.home() / ".cache" / "leafresh" / "models"
 # Room to leave on the disk beyond the file itself.
 DISK_MARGIN_BYTES = 512 * 2**20

@@ -18,10 +18,16 @@ from time import perf_counter
 
 from pydantic import ValidationError
 
-from service.admission import Admission
-from service.answer import Answer, check_schema_loads, parse_model_output, render
-from service.catalog import CATEGORIES, LOCATIONS, WORK_TYPES, Category
-from service.contract import (
+from service.engine import ChatMessage, Engine, FinishReason, GenerationRequest, GenerationStats
+from service.engine.base import EngineError, PromptDoesNotFit
+from service.engine.grammar import load_challenge_grammar
+from service.engine.text import hangul_syllables
+from service.logs import request_stats
+from service.metrics import Metrics
+from service.recommend.admission import Admission
+from service.recommend.answer import Answer, check_schema_loads, parse_model_output, render
+from service.recommend.catalog import CATEGORIES, LOCATIONS, WORK_TYPES, Category
+from service.recommend.contract import (
     EVENT_CHALLENGE,
     EVENT_CLOSE,
     MSG_BASE_INFO_ANSWER,
@@ -38,18 +44,12 @@ from service.contract import (
     error_then_close,
     token_body,
 )
-from service.conversation import steer
-from service.deadline import AUTO_MAX_S, plan_deadline
-from service.engine import ChatMessage, Engine, FinishReason, GenerationRequest, GenerationStats
-from service.engine.base import EngineError, PromptDoesNotFit
-from service.engine.text import hangul_syllables
-from service.grammar import load_challenge_grammar
-from service.logs import request_stats
-from service.metrics import Metrics
-from service.prompts import EXAMPLE_ANSWER, base_info_messages, free_text_messages
-from service.protocol import BaseInfoRequest, FreeTextRequest
-from service.rendering import AnswerRenderer
-from service.sessions import Session, SessionStore, SessionUpdate, Turn
+from service.recommend.conversation import steer
+from service.recommend.deadline import AUTO_MAX_S, plan_deadline
+from service.recommend.prompts import EXAMPLE_ANSWER, base_info_messages, free_text_messages
+from service.recommend.protocol import BaseInfoRequest, FreeTextRequest
+from service.recommend.rendering import AnswerRenderer
+from service.recommend.sessions import Session, SessionStore, SessionUpdate, Turn
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -118,7 +118,7 @@ class RecommendationService:
         )
         self.max_tokens = answer_token_budget()
         timeout = settings.generation_timeout_s
-        # auto: generous until warm-up has measured this machine's speed (see service.deadline).
+        # auto: generous until warm-up has measured this machine's speed (see service.recommend.deadline).
         self.generation_deadline_s = AUTO_MAX_S if timeout == "auto" else timeout
         self._prompt_budget = engine.info.context_size - self.max_tokens
         check_schema_loads()

@@ -14,8 +14,8 @@ from urllib.parse import unquote
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from service.catalog import Category, find_category, find_location, find_work_type
-from service.contract import (
+from service.recommend.catalog import Category, find_category, find_location, find_work_type
+from service.recommend.contract import (
     MSG_INVALID_CHOICE,
     MSG_MESSAGE_REQUIRED,
     MSG_MESSAGE_TOO_SHORT,

@@ -11,8 +11,8 @@ import asyncio
 from time import perf_counter
 from types import TracebackType
 
-from service.contract import Overloaded, QueueTimeout
 from service.metrics import Metrics
+from service.recommend.contract import Overloaded, QueueTimeout
 
 
 class Ticket:

@@ -28,8 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from service.memory_plan import q4_k_m_more_bits
-from service.modelhub import CATALOG_PATH
+from service.engine.memory_plan import q4_k_m_more_bits
+from service.tools.modelhub import CATALOG_PATH
 
 TEMPLATES_DIR = CATALOG_PATH.parent / "templates"
 # Room to leave on the disk beyond the intermediate and the result.
@@ -305,7 +305,7 @@ def make_standin(
     progress: Callable[[str], None] | None = None,
 ) -> Path:
     """Write the stand-in to ``out`` (quantized); the F16 intermediate sits beside it and goes."""
-    from service.quantize import quantize
+    from service.tools.quantize import quantize
 
     template = chat_template(spec, template_variant)
     check_disk(spec, out.parent)

@@ -13,15 +13,15 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from service.bodylimit import BodyLimitMiddleware
-from service.contract import HTTP_MESSAGES, MSG_BAD_REQUEST, MSG_INVALID_CHOICE, InvalidInput, ServiceError
+from service.api.bodylimit import BodyLimitMiddleware
+from service.api.page import render_page
+from service.api.routes import error_response, health_router, page_router, router
 from service.engine import Engine
 from service.logs import RequestIdMiddleware, printable
 from service.metrics import Metrics
-from service.page import render_page
-from service.routes import error_response, health_router, page_router, router
-from service.serving import RecommendationService
-from service.sessions import MemorySessionStore, SessionStore
+from service.recommend.contract import HTTP_MESSAGES, MSG_BAD_REQUEST, MSG_INVALID_CHOICE, InvalidInput, ServiceError
+from service.recommend.serving import RecommendationService
+from service.recommend.sessions import MemorySessionStore, SessionStore
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)

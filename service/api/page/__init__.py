@@ -14,7 +14,7 @@ import re
 from functools import cache
 from pathlib import Path
 
-from service.catalog import CATEGORIES, LOCATIONS, WORK_TYPES
+from service.recommend.catalog import CATEGORIES, LOCATIONS, WORK_TYPES
 
 PAGE_PATH = Path(__file__).with_name("index.html")
 _OPTIONS_SLOT = re.compile(r"/\*LEAFRESH_OPTIONS\*/\{[^\n]*\};")

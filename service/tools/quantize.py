@@ -7,8 +7,8 @@ import ctypes
 import os
 from pathlib import Path
 
-from service.memory_plan import gguf_file_type
-from service.model_files import ModelFileError, check_model_file
+from service.engine.memory_plan import gguf_file_type
+from service.engine.model_files import ModelFileError, check_model_file
 
 # general.file_type values of inputs worth quantizing: F32, F16, Q8_0, BF16.
 UNQUANTIZED_FILE_TYPES = {0: "F32", 1: "F16", 7: "Q8_0", 32: "BF16"}

@@ -11,7 +11,7 @@ from typing import Any
 import anyio
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
-from service.contract import Body, ShuttingDown, error_then_close
+from service.recommend.contract import Body, ShuttingDown, error_then_close
 from service.settings import Settings
 
 # Plain LF line ends: what curl users expect to read, and every SSE parser accepts.

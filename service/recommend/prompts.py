@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 
-from service.catalog import Category
 from service.engine import ChatMessage
-from service.sessions import Turn
+from service.recommend.catalog import Category
+from service.recommend.sessions import Turn
 
 # The answer the instructions show the model; also the yardstick of a typical answer's length.
 EXAMPLE_ANSWER = (

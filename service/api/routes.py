@@ -10,12 +10,18 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
-from service.contract import Body, NotReady, ServiceError, error_then_close
+from service.api.page import render_page
+from service.api.sse import event_stream
 from service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from service.page import render_page
-from service.protocol import BaseInfoBody, FreeTextBody, decode_twice_encoded, parse_base_info, parse_free_text
-from service.serving import RecommendationService
-from service.sse import event_stream
+from service.recommend.contract import Body, NotReady, ServiceError, error_then_close
+from service.recommend.protocol import (
+    BaseInfoBody,
+    FreeTextBody,
+    decode_twice_encoded,
+    parse_base_info,
+    parse_free_text,
+)
+from service.recommend.serving import RecommendationService
 
 router = APIRouter(prefix="/ai/chatbot/recommendation", tags=["recommendation"])
 health_router = APIRouter(tags=["health"])

@@ -9,9 +9,9 @@ from typing import Any
 import jsonschema
 from pydantic import BaseModel, ConfigDict
 
-from service.catalog import Category
-from service.contract import ModelFailure
-from service.grammar import load_challenge_schema
+from service.engine.grammar import load_challenge_schema
+from service.recommend.catalog import Category
+from service.recommend.contract import ModelFailure
 
 
 class Challenge(BaseModel):
