@@ -14,6 +14,7 @@ from httpx_sse import connect_sse
 
 from service.recommend.answer import Answer
 from tests.support.service_process import ServiceProcess
+from tests.support.sse import ends_with_one_close
 
 BASE = "/ai/chatbot/recommendation"
 SSE = {"Accept": "text/event-stream"}
@@ -83,7 +84,7 @@ def test_prompt_injection_never_breaks_the_answer(server: ServiceProcess, messag
         ) as source,
     ):
         events = [(event.event, event.data) for event in source.iter_sse()]
-    assert [name for name, _ in events].count("close") == 1 and events[-1][0] == "close"
+    assert ends_with_one_close([name for name, _ in events])
     close = json.loads(events[-1][1])
     assert close["status"] == 200
     answer = Answer.model_validate(close["data"])

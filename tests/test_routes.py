@@ -18,6 +18,7 @@ from service.recommend.serving import RecommendationService
 from service.recommend.sessions import MemorySessionStore
 from service.settings import Settings
 from tests.fakes import GOOD_OUTPUT, ScriptedEngine
+from tests.support.sse import ends_with_one_close
 
 SSE = {"Accept": "text/event-stream"}
 BASE = "/ai/chatbot/recommendation"
@@ -49,7 +50,7 @@ async def _request(engine: ScriptedEngine, method: str, url: str, **kwargs: Any)
 
 def assert_contract_stream(events: list[tuple[str, Any]]) -> None:
     names = [name for name, _ in events]
-    assert names.count("close") == 1 and names[-1] == "close", names
+    assert ends_with_one_close(names), names
     assert all(name and data is not None for name, data in events)
 
 
