@@ -13,11 +13,9 @@ from pathlib import Path
 import pytest
 
 from service.engine.model_files import embedded_model_path
-from tests.support.models import make_test_standin
+from tests.support.models import MODEL_CACHE, make_test_standin
 from tests.support.redis import RedisServer
-from tests.support.service_process import ROOT, ServiceProcess, free_port
-
-MODEL_CACHE = ROOT / ".cache" / "models"
+from tests.support.service_process import ServiceProcess, free_port
 
 
 @pytest.fixture(scope="session")

@@ -101,7 +101,8 @@ class LlamaCppEngine:
         check_model_file(config.model_path)
         _init_backend()
         self.config = config
-        self.threads = config.threads or len(allowed_cores())
+        self._cores = allowed_cores()
+        self.threads = config.threads or len(self._cores)
         self._model: CPointer = self._load_model(config)
         self.ctx: CPointer = None
         self.grammars: dict[str, CPointer] = {}
@@ -143,7 +144,7 @@ class LlamaCppEngine:
             for name, automaton in self.automata.items()
         }
         self._closed = False
-        cores = allowed_cores()
+        cores = self._cores
         self._decode_loop = DecodeLoop(
             LoadedModel(
                 runner=ModelRunner(self.ctx, config.batch_size, self.n_vocab, self.threads),
