@@ -93,11 +93,11 @@ def test_a_request_that_leaves_the_batch_does_not_disturb_the_others(engine: Lla
 def test_a_full_cache_preempts_and_recomputes_without_losing_an_answer(smollm_path: Path) -> None:
     """A context that holds one request but not four: the youngest are evicted and evaluated
     again later, and every reader still gets a whole, valid answer."""
-    small = make_engine(smollm_path, parallel=4, context_size=2560)
+    small = make_engine(smollm_path, parallel=4, context_size=2048)
     try:
 
         async def run() -> list[Generation]:
-            generations: list[Generation] = [small.submit(request(30 + i, max_tokens=1400)) for i in range(4)]
+            generations: list[Generation] = [small.submit(request(30 + i, max_tokens=1000)) for i in range(4)]
             await asyncio.gather(*(read(g, 30 + i) for i, g in enumerate(generations)))
             return generations
 

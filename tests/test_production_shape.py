@@ -99,12 +99,13 @@ def test_user_text_never_becomes_control_tokens(engine: LlamaCppEngine) -> None:
     assert HOSTILE in prompt.replace("\u2060", "")  # the model still reads what the user wrote
 
 
-def test_forced_text_has_a_spelling_on_every_tokenizer(engine: LlamaCppEngine) -> None:
+def test_the_grammar_jumps_forward_on_every_tokenizer(engine: LlamaCppEngine) -> None:
     # A SentencePiece tokenizer (the stand-in's) writes a word-start space before text it is
-    # given alone; without a spelling that avoids it, Mistral would never jump forward.
-    for text in ('","challenges":[{"title":"1.', '"},{"title":"2.', '"}]}'):
-        tokens = engine.forced_tokens(text)
-        assert tokens and b"".join(engine.piece(token) for token in tokens) == text.encode()
+    # given alone; the forced tokens must spell the forced text exactly, with no such space.
+    state = engine.grammars["challenge"].start(engine, jump_forward=True)
+    tokens, text = state.accept_forced(100)
+    assert tokens and text and '{"recommend":"'.startswith(text)
+    assert b"".join(engine.piece(token) for token in tokens) == text.encode()
 
 
 def test_standin_prompts_are_tokenized_as_mistral_tokenizes_them(standin_engine: LlamaCppEngine) -> None:

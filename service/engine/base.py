@@ -52,8 +52,6 @@ class GenerationStats:
     forced_tokens: int = 0
     # llama_decode steps this sequence took part in after its prompt (sampled tokens).
     decode_steps: int = 0
-    # Steps where the grammar had to be asked about the whole vocabulary.
-    full_vocab_checks: int = 0
     # Times the sequence was evicted from a full KV cache and evaluated again.
     preemptions: int = 0
 

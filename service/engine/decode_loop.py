@@ -180,7 +180,7 @@ class DecodeLoop:
             raise GenerationFailed(f"unknown grammar {request.grammar!r}")
         stats.seed = request.seed if request.seed is not None else secrets.randbits(32)
         generation.rng = np.random.default_rng(stats.seed)
-        generation.grammar = GrammarState(grammar, self._model.vocabulary, self._model.jump_forward)
+        generation.grammar = grammar.start(self._model.vocabulary, self._model.jump_forward)
         stats.finish_reason = FinishReason.LENGTH
         # The answer's opening is forced: it goes in with the prompt, not a token a step.
         opening, text = self._accept_forced(generation)
@@ -286,10 +286,7 @@ class DecodeLoop:
             self._runner.forget(seq_id)
         generation = work.payload
         stats = generation.stats
-        if generation.grammar is not None:
-            stats.full_vocab_checks = generation.grammar.full_vocab_checks
-            generation.grammar.close()
-            generation.grammar = None
+        generation.grammar = None
         if generation.started:
             stats.decode_seconds = max(perf_counter() - generation.started - stats.prompt_seconds, 0.0)
 

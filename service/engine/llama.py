@@ -1,12 +1,13 @@
 """The engine on llama.cpp, through llama-cpp-python's low-level API.
 
 Why the low-level API and not ``Llama.create_chat_completion``: that path applies the grammar
-to the whole vocabulary on every token and adds Python bookkeeping; we measured it at 0.39x the
-speed of a free generation (issue #6). Here each step draws the token first and asks the
-grammar only about the few best candidates (``sampling``), appends the text the grammar forces
-without sampling it (``forced_text``, through each request's ``grammar_state``), and decodes
-every running request together in one batch (``decode_loop``: the ``scheduler`` decides, the
-``runner`` calls llama.cpp), sharing the KV cache of the prompt prefix they have in common.
+to the whole vocabulary on every token with llama.cpp's own grammar sampler and adds Python
+bookkeeping; we measured it at 0.39x the speed of a free generation (issue #6). Here each
+request's grammar runs in llguidance (``grammar_state``), which masks the vocabulary in well
+under a millisecond and hands over the tokens the grammar forces without sampling them, and
+every running request is decoded together in one batch (``decode_loop``: the ``scheduler``
+decides, the ``runner`` calls llama.cpp), sharing the KV cache of the prompt prefix they have in
+common.
 
 This module loads the model, the context and the grammars and owns the token helpers; the
 asyncio side reads each request's pieces from a queue, so the event loop never blocks.
@@ -23,19 +24,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import llama_cpp
-import numpy as np
+from llguidance import LLTokenizer
 
 from service.engine.base import ChatMessage, EngineInfo, GenerationFailed, GenerationRequest, GenerationStats
 from service.engine.chat_template import ChatFormatter
 from service.engine.cpu_share import ThreadGovernor, allowed_cores, read_cpu_sample
 from service.engine.decode_loop import END, DecodeLoop, LoadedModel, new_work
-from service.engine.forced_text import GrammarAutomaton
-from service.engine.grammar import Grammar
 from service.engine.grammar_state import CompiledGrammar
 from service.engine.memory_plan import KV_TYPE_GGML
 from service.engine.model_files import ModelFileError, check_model_file
-from service.engine.runner import ModelRunner
-from service.engine.sampling import TOKEN_DATA, CPointer, possible_tokens
+from service.engine.runner import CPointer, ModelRunner
 
 logger = logging.getLogger(__name__)
 llama_logger = logging.getLogger("llama_cpp")
@@ -105,8 +103,6 @@ class LlamaCppEngine:
         self.threads = config.threads or len(self._cores)
         self._model: CPointer = self._load_model(config)
         self.ctx: CPointer = None
-        self.grammars: dict[str, CPointer] = {}
-        self.automata: dict[str, GrammarAutomaton] = {}
         try:
             self.ctx = self._create_context(config)
             self.vocab = llama_cpp.llama_model_get_vocab(self._model)
@@ -115,7 +111,6 @@ class LlamaCppEngine:
             self._bos = llama_cpp.llama_vocab_bos(self.vocab)
             self._add_bos = self._bos >= 0 and bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
             self._pieces: dict[int, bytes] = {}
-            self._forced: dict[str, list[int]] = {}
             # Whether the tokenizer writes a word-start space before the text it is given.
             self._space_prefix = self.piece(self._tokenize("a", parse_special=False)[0]).startswith(b" ")
             self._newline = self._tokenize("\n", parse_special=False)  # see _spelling
@@ -126,30 +121,17 @@ class LlamaCppEngine:
                 eos_token=self._token_text(llama_cpp.llama_vocab_eos(self.vocab)),
                 control_texts=self._control_texts(),
             )
-            for name, text in grammars.items():
-                self.grammars[name] = self._compile_grammar(name, text)
-                self.automata[name] = GrammarAutomaton(Grammar(text))
+            self.grammars = self._compile_grammars(grammars)
         except BaseException:
             self._free()
             raise
-        everything = np.zeros(self.n_vocab, dtype=TOKEN_DATA)
-        everything["id"] = np.arange(self.n_vocab, dtype=np.int32)
-        compiled = {
-            name: CompiledGrammar(
-                self.grammars[name],
-                automaton,
-                possible_tokens(self.n_vocab, self._piece_uncached, self.is_end, automaton.alphabet()),
-                everything,
-            )
-            for name, automaton in self.automata.items()
-        }
         self._closed = False
         cores = self._cores
         self._decode_loop = DecodeLoop(
             LoadedModel(
                 runner=ModelRunner(self.ctx, config.batch_size, self.n_vocab, self.threads),
                 vocabulary=self,
-                grammars=compiled,
+                grammars=self.grammars,
                 prompt_tokens=self.prompt_tokens,
                 is_end=self.is_end,
                 context_size=self.n_ctx,
@@ -239,18 +221,44 @@ class LlamaCppEngine:
             )
         return ctx
 
-    def _compile_grammar(self, name: str, text: str) -> CPointer:
-        # llama.cpp parses the grammar here, so a broken grammar stops start-up, not a request.
-        sampler = llama_cpp.llama_sampler_init_grammar(self.vocab, text.encode("utf-8"), b"root")
-        if not sampler:
-            reason = _last_llama_error[0] if _last_llama_error else "parse error"
-            raise ModelFileError(f"문법 {name}을(를) llama.cpp가 컴파일하지 못했습니다: {reason}")
-        return sampler
+    def _compile_grammars(self, grammars: Mapping[str, str]) -> dict[str, CompiledGrammar]:
+        """Every grammar against this vocabulary, at start-up: a broken grammar stops the
+        service here, not a request later."""
+        if not grammars:
+            return {}
+        tokenizer = self._guidance_tokenizer()
+        compiled = {}
+        for name, text in grammars.items():
+            try:
+                compiled[name] = CompiledGrammar.from_gbnf(text, tokenizer, self.n_vocab)
+            except ValueError as exc:
+                raise ModelFileError(f"문법 {name}을(를) 컴파일하지 못했습니다: {exc}") from exc
+        return compiled
+
+    def _guidance_tokenizer(self) -> LLTokenizer:
+        """The vocabulary as llguidance reads it (as its own llama.cpp adapter builds it, but
+        without the deprecated calls): every token's bytes, control tokens marked with a 0xff
+        byte so that no grammar text can ever produce them, and llama.cpp's tokenizer for the
+        text the grammar forces."""
+        attributes = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
+        tokens = []
+        for token in range(self.n_vocab):
+            data = self._piece_uncached(token, special=True)
+            attr = llama_cpp.llama_vocab_get_attr(self.vocab, token) & attributes
+            if attr & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL or (attr and data.startswith(b"<") and data.endswith(b">")):
+                data = b"\xff" + data
+            tokens.append(data)
+        tokenize = ctypes.cast(llama_cpp.llama_cpp._lib.llama_tokenize, ctypes.c_void_p).value
+        tokenizer: LLTokenizer = LLTokenizer.from_llamacpp(  # type: ignore[attr-defined]
+            tokens=tokens,
+            vocab_ptr=self.vocab,
+            tokenize_fptr=tokenize,
+            eos_token=llama_cpp.llama_vocab_eos(self.vocab),
+            slices=None,
+        )
+        return tokenizer
 
     def _free(self) -> None:
-        for sampler in self.grammars.values():
-            llama_cpp.llama_sampler_free(sampler)
-        self.grammars.clear()
         if self.ctx:
             llama_cpp.llama_free(self.ctx)
             self.ctx = None
@@ -350,23 +358,11 @@ class LlamaCppEngine:
     def count_text_tokens(self, text: str) -> int:
         return len(self._tokenize(text, parse_special=False))
 
-    def forced_tokens(self, text: str) -> list[int]:
-        """The tokens to append for ``text`` the grammar forces: the model's own tokenization of
-        it, or none where no tokenization spells it exactly. A trailing space is left to the
-        model: its tokenizer joins a space to the word after it."""
-        text = text.rstrip(" ")
-        if not text:
-            return []
-        tokens = self._forced.get(text)
-        if tokens is None:
-            tokens = self._forced[text] = self._spelling(text)
-        return tokens
-
     def _spelling(self, text: str) -> list[int]:
         # A SentencePiece tokenizer puts a word-start space before text that opens what it is
         # given (llama.cpp's add_space_prefix: Mistral's, not SmolLM2's or gemma's), so the
-        # tokens of `","challenges"` alone would spell ` ","challenges"`. Behind a newline,
-        # which it writes as a byte token that merges with nothing, there is no such space.
+        # tokens of `너는` alone would spell ` 너는`. Behind a newline, which it writes as a
+        # byte token that merges with nothing, there is no such space.
         wanted = text.encode("utf-8")
         for lead, before in (("", []), ("\n", self._newline)):
             tokens = self._tokenize(lead + text, parse_special=False)

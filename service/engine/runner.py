@@ -8,12 +8,15 @@ calls llama_decode, and decoding from a second thread halved the speed (issue #6
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import llama_cpp
 import numpy as np
 
 from service.engine.base import GenerationFailed
-from service.engine.sampling import CPointer
+
+# llama.cpp handles (model, context): opaque ctypes pointers.
+CPointer = Any
 
 
 @dataclass(frozen=True)
