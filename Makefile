@@ -85,13 +85,13 @@ test-fast: lint test-tools
 # for grammar sampling. `make bench BENCH_ARGS="--model path/to/model.gguf"` measures another.
 BENCH_ARGS ?= --model embedded --model gemma
 bench: install-dev
-	$(PY) scripts/bench.py $(BENCH_ARGS)
+	$(PY) -m scripts.bench $(BENCH_ARGS)
 
 CLIENTS ?= 4
 DURATION ?= 60
 # Starts the service on a loopback port with the embedded model and loads it (see scripts/loadtest.py).
 loadtest: install-dev
-	$(PY) scripts/loadtest.py --start --clients $(CLIENTS) --duration $(DURATION)
+	$(PY) -m scripts.loadtest --start --clients $(CLIENTS) --duration $(DURATION)
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .hypothesis

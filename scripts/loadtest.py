@@ -1,6 +1,6 @@
 """Load test: N concurrent stream readers for a set time against a running service.
 
-    .venv/bin/python scripts/loadtest.py --start --clients 4 --duration 60
+    .venv/bin/python -m scripts.loadtest --start --clients 4 --duration 60
     make loadtest CLIENTS=16 DURATION=60
 
 Loopback only (the script refuses any other host), bounded in time and in requests. Each
@@ -26,14 +26,11 @@ from urllib.parse import urlparse
 
 import httpx
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from tests.support.metrics import metric  # noqa: E402
-from tests.support.queries import BASE_INFO as PATH  # noqa: E402
-from tests.support.queries import QUERY, SSE  # noqa: E402
-from tests.support.service_process import ServiceProcess  # noqa: E402
-from tests.support.sse import ends_with_one_close, parse_stream  # noqa: E402
+from tests.support.metrics import metric
+from tests.support.queries import BASE_INFO as PATH
+from tests.support.queries import QUERY, SSE
+from tests.support.service_process import ServiceProcess
+from tests.support.sse import ends_with_one_close, parse_stream
 
 
 @dataclass

@@ -1,4 +1,4 @@
-"""scripts/fetch_model.py against a stand-in hub on loopback: the real huggingface_hub code
+"""leafresh-fetch-model against a stand-in hub on loopback: the real huggingface_hub code
 path, every failure a user can hit, and never the internet."""
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def fetch(model: str, endpoint: str, cache_dir: Path, token: str | None = None) 
     if token is not None:
         env["HF_TOKEN"] = token
     return subprocess.run(
-        [sys.executable, "scripts/fetch_model.py", model, "--cache-dir", str(cache_dir)],
+        [sys.executable, "-m", "service.tools.commands", "fetch-model", model, "--cache-dir", str(cache_dir)],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -70,7 +70,7 @@ def fetch(model: str, endpoint: str, cache_dir: Path, token: str | None = None) 
 
 def one_line(result: subprocess.CompletedProcess[str]) -> str:
     assert result.returncode == 2, (result.stdout, result.stderr)
-    lines = [line for line in result.stderr.splitlines() if line.startswith("fetch_model: ")]
+    lines = [line for line in result.stderr.splitlines() if line.startswith("leafresh-fetch-model: ")]
     assert len(lines) == 1, result.stderr
     assert "Traceback" not in result.stderr
     return lines[0]

@@ -27,7 +27,7 @@ def f16_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_f16_becomes_q4_k_m_that_the_engine_loads_and_runs(f16_model: Path, tmp_path: Path) -> None:
     target = tmp_path / "tiny-Q4_K_M.gguf"
     result = subprocess.run(
-        [sys.executable, "scripts/quantize.py", str(f16_model), str(target)],
+        [sys.executable, "-m", "service.tools.commands", "quantize", str(f16_model), str(target)],
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -1,5 +1,5 @@
 """The production model's stand-in: made offline, with Mistral-7B-Instruct-v0.3's tensor table,
-tokenizer and templates (scripts/standin_model.py, service/tools/standin.py)."""
+tokenizer and templates (leafresh-standin, service/tools/standin.py)."""
 
 from __future__ import annotations
 
@@ -61,5 +61,5 @@ def test_an_unknown_template_variant_or_model_is_one_line() -> None:
 
 
 def test_fetching_a_standin_says_how_to_make_it(tmp_path: Path) -> None:
-    with pytest.raises(FetchError, match=r"standin_model\.py"):
+    with pytest.raises(FetchError, match=r"leafresh-standin"):
         fetch(load_catalog()[STANDIN_ID], tmp_path)

@@ -23,7 +23,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-GRAMMAR_DIR = Path(__file__).resolve().parents[2] / "grammars"
+# A link to the top-level grammars/ in the source tree; a copy of it in an installed wheel.
+GRAMMAR_DIR = Path(__file__).parent / "grammars"
 CHALLENGE_GRAMMAR_PATH = GRAMMAR_DIR / "challenge.gbnf"
 CHALLENGE_SCHEMA_PATH = GRAMMAR_DIR / "challenge.schema.json"
 

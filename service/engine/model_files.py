@@ -63,5 +63,5 @@ def check_model_file(path: Path) -> None:
     if magic != GGUF_MAGIC:
         raise ModelFileError(
             f"GGUF 모델 파일이 아닙니다: {path} — llama.cpp용 GGUF 파일(예: Q4_K_M)을 받거나 "
-            "scripts/fetch_model로 내려받아 LEAFRESH_MODEL_PATH에 지정하세요"
+            "leafresh-fetch-model로 내려받아 LEAFRESH_MODEL_PATH에 지정하세요"
         )

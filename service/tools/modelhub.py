@@ -18,7 +18,8 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-CATALOG_PATH = Path(__file__).resolve().parents[2] / "models" / "catalog.toml"
+# A link to the top-level models/ in the source tree; a copy of it in an installed wheel.
+CATALOG_PATH = Path(__file__).parent / "models" / "catalog.toml"
 DEFAULT_MODEL_DIR = Path.home() / ".cache" / "leafresh" / "models"
 # Room to leave on the disk beyond the file itself.
 DISK_MARGIN_BYTES = 512 * 2**20
@@ -42,7 +43,7 @@ class CatalogModel:
     gating_notes: str = ""
     chat_template: str = ""
     description: str = ""
-    # Made offline by scripts/standin_model.py (random weights), never downloaded.
+    # Made offline by leafresh-standin (random weights), never downloaded.
     standin: bool = False
 
 
@@ -103,7 +104,7 @@ def fetch(model: CatalogModel, cache_dir: Path, token: str | None = None, endpoi
     if model.standin:
         raise FetchError(
             f"{model.id}는 내려받는 모델이 아니라 이 자리에서 만드는 스탠드인입니다: "
-            f"`.venv/bin/python scripts/standin_model.py {model.id}`로 만드세요"
+            f"`.venv/bin/leafresh-standin {model.id}`로 만드세요"
         )
     if model.repo is None:
         raise FetchError(

@@ -1,5 +1,5 @@
 """Turning a full-precision GGUF into Q4_K_M (or another type) with llama.cpp's own quantizer,
-as llama-cpp-python exposes it (llama_model_quantize). Used by scripts/quantize.py."""
+as llama-cpp-python exposes it (llama_model_quantize). Used by leafresh-quantize and leafresh-standin."""
 
 from __future__ import annotations
 
