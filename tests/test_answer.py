@@ -7,7 +7,7 @@ import pytest
 from service.recommend.answer import parse_model_output
 from service.recommend.catalog import category_by_code
 from service.recommend.contract import ModelFailure
-from tests.test_rendering import RAW
+from tests.fakes import GOOD_OUTPUT as RAW
 
 
 def test_server_adds_category_code_and_label_from_the_catalog() -> None:

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from typing import Any
 
 import httpx
-from httpx_sse import aconnect_sse
 
 from service.api.app import create_app
 from service.engine import ChatMessage
@@ -17,6 +15,7 @@ from service.recommend.serving import RecommendationService
 from service.recommend.sessions import MemorySessionStore, SessionUpdate, Turn
 from service.settings import Settings
 from tests.fakes import GOOD_OUTPUT, ScriptedEngine
+from tests.support.sse import app_client, app_events
 
 SSE = {"Accept": "text/event-stream"}
 BASE = "/ai/chatbot/recommendation"
@@ -32,16 +31,11 @@ class Conversation:
         self.app = create_app(self.settings, self.engine, self.store)
 
     async def stream(self, method: str, path: str, **kwargs: Any) -> list[tuple[str, Any]]:
-        transport = httpx.ASGITransport(app=self.app)
-        async with (
-            httpx.AsyncClient(transport=transport, base_url="http://test") as client,
-            aconnect_sse(client, method, f"{BASE}{path}", headers=SSE, **kwargs) as source,
-        ):
-            return [(event.event, json.loads(event.data)) async for event in source.aiter_sse()]
+        async with app_client(self.app) as client:
+            return await app_events(client, method, f"{BASE}{path}", **kwargs)
 
     async def plain(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        transport = httpx.ASGITransport(app=self.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with app_client(self.app) as client:
             return await client.request(method, f"{BASE}{path}", **kwargs)
 
     async def say(self, message: str, session: str = "s1") -> dict[str, Any]:
@@ -203,8 +197,7 @@ def test_fitting_long_histories_is_bounded_and_never_stalls_the_server() -> None
         engine.count_calls = 0
         await chat.say("비건 챌린지를 알려줘", session="long")
         assert engine.count_calls <= 7  # log2(20) + 2, not 21
-        transport = httpx.ASGITransport(app=chat.app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        async with app_client(chat.app) as client:
             burst = [asyncio.create_task(chat.say("비건 챌린지를 알려줘", session="long")) for _ in range(8)]
             await asyncio.sleep(0.01)
             slowest = 0.0

@@ -11,13 +11,9 @@ from service.engine.text import IncompleteText, Utf8PieceDecoder
 from service.recommend.answer import parse_model_output, render
 from service.recommend.catalog import category_by_code
 from service.recommend.rendering import AnswerRenderer
+from tests.fakes import GOOD_OUTPUT
 
-RAW = (
-    '{"recommend":"오늘 하루 비건 챌린지!","challenges":['
-    '{"title":"1. 채식 도시락","description":"점심에 채식 도시락을 싸 가요."},'
-    '{"title":"2. 두유 라떼","description":"우유 대신 두유를 골라요."},'
-    '{"title":"3. 고기 없는 날","description":"일주일에 하루 고기 없이 지내요."}]}'
-)
+RAW = GOOD_OUTPUT  # a valid model answer
 CATEGORY = category_by_code("VEGAN")
 
 

@@ -9,7 +9,6 @@ from typing import Any
 
 import httpx
 import pytest
-from httpx_sse import aconnect_sse
 from pydantic import ValidationError
 
 from service.api.app import create_app
@@ -18,28 +17,19 @@ from service.logs import redact_url
 from service.recommend.sessions import MemorySessionStore, Session, Turn
 from service.settings import Settings, describe_settings_error
 from tests.fakes import GOOD_OUTPUT, ScriptedEngine
-from tests.support.sse import ends_with_one_close
+from tests.support.sse import app_client, app_events, ends_with_one_close
 
 SSE = {"Accept": "text/event-stream"}
 BASE = "/ai/chatbot/recommendation"
 QUERY = {"sessionId": "u1", "location": "도시", "workType": "사무직", "category": "비건"}
 
 
-def client_for(app: Any) -> httpx.AsyncClient:
-    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=30)
-
-
-async def sse_events(client: httpx.AsyncClient, method: str, url: str, **kwargs: Any) -> list[tuple[str, Any]]:
-    async with aconnect_sse(client, method, url, headers=SSE, **kwargs) as source:
-        return [(event.event, json.loads(event.data)) async for event in source.aiter_sse()]
-
-
 def test_a_full_queue_is_refused_with_503_and_retry_after() -> None:
     async def scenario() -> None:
         # One generation at a time, so the first request fills the engine.
         app = create_app(Settings(max_queue=0, retry_after_s=7, parallel=1), ScriptedEngine(delay_s=0.01))
-        async with client_for(app) as client:
-            first = asyncio.create_task(sse_events(client, "GET", f"{BASE}/base-info", params=QUERY))
+        async with app_client(app) as client:
+            first = asyncio.create_task(app_events(client, "GET", f"{BASE}/base-info", params=QUERY))
             await asyncio.sleep(0.05)  # the first request now holds the engine
             refused = await client.post(f"{BASE}/base-info", json=QUERY)
             in_band = await client.get(f"{BASE}/base-info", params=QUERY, headers=SSE)
@@ -62,10 +52,10 @@ def test_a_full_queue_is_refused_with_503_and_retry_after() -> None:
 def test_waiting_too_long_for_the_engine_ends_with_503() -> None:
     async def scenario() -> None:
         app = create_app(Settings(max_queue=4, queue_timeout_s=0.05, parallel=1), ScriptedEngine(delay_s=0.01))
-        async with client_for(app) as client:
-            first = asyncio.create_task(sse_events(client, "GET", f"{BASE}/base-info", params=QUERY))
+        async with app_client(app) as client:
+            first = asyncio.create_task(app_events(client, "GET", f"{BASE}/base-info", params=QUERY))
             await asyncio.sleep(0.02)
-            second = await sse_events(client, "GET", f"{BASE}/base-info", params=QUERY)
+            second = await app_events(client, "GET", f"{BASE}/base-info", params=QUERY)
             await first
             metrics = (await client.get("/metrics")).text
         assert [name for name, _ in second] == ["error", "close"] and second[-1][1]["status"] == 503
@@ -77,8 +67,8 @@ def test_waiting_too_long_for_the_engine_ends_with_503() -> None:
 def test_a_generation_past_its_deadline_ends_with_504() -> None:
     async def scenario() -> None:
         app = create_app(Settings(generation_timeout_s=0.05), ScriptedEngine(delay_s=0.01))
-        async with client_for(app) as client:
-            events = await sse_events(client, "GET", f"{BASE}/base-info", params=QUERY)
+        async with app_client(app) as client:
+            events = await app_events(client, "GET", f"{BASE}/base-info", params=QUERY)
             metrics = (await client.get("/metrics")).text
         assert [name for name, _ in events[-2:]] == ["error", "close"]
         assert events[-1][1]["status"] == 504 and "시간" in events[-1][1]["message"]
@@ -91,11 +81,11 @@ def test_metrics_count_requests_tokens_validation_and_schema_failures() -> None:
     async def scenario() -> str:
         engine = ScriptedEngine()
         app = create_app(Settings(), engine)
-        async with client_for(app) as client:
-            await sse_events(client, "GET", f"{BASE}/base-info", params=QUERY)
+        async with app_client(app) as client:
+            await app_events(client, "GET", f"{BASE}/base-info", params=QUERY)
             await client.get(f"{BASE}/base-info", params={"location": "도시"})
             engine.output = GOOD_OUTPUT[:-3]
-            await sse_events(client, "GET", f"{BASE}/base-info", params=QUERY)
+            await app_events(client, "GET", f"{BASE}/base-info", params=QUERY)
             return (await client.get("/metrics")).text
 
     metrics = asyncio.run(scenario())
@@ -112,8 +102,8 @@ def test_user_messages_never_reach_the_log(caplog: pytest.LogCaptureFixture) -> 
 
     async def scenario() -> None:
         app = create_app(Settings(), ScriptedEngine())
-        async with client_for(app) as client:
-            await sse_events(client, "GET", f"{BASE}/free-text", params={"sessionId": "s", "message": secret})
+        async with app_client(app) as client:
+            await app_events(client, "GET", f"{BASE}/free-text", params={"sessionId": "s", "message": secret})
             await client.post(f"{BASE}/free-text", json={"message": ["hf_SECRETSECRET"]})
 
     # The service's loggers only: httpx (the test's own client) logs the URLs it calls.
@@ -153,7 +143,7 @@ HOSTILE_BODIES: list[tuple[bytes, str]] = [
 def test_hostile_queries_never_cause_a_server_error(query: str, path: str, accept: str) -> None:
     async def scenario() -> httpx.Response:
         app = create_app(Settings(), ScriptedEngine())
-        async with client_for(app) as client:
+        async with app_client(app) as client:
             return await client.get(f"{BASE}{path}?{query}", headers={"Accept": accept})
 
     response = asyncio.run(scenario())
@@ -170,7 +160,7 @@ def test_hostile_queries_never_cause_a_server_error(query: str, path: str, accep
 def test_hostile_bodies_get_flat_4xx_answers(body: bytes, content_type: str, path: str) -> None:
     async def scenario() -> httpx.Response:
         app = create_app(Settings(), ScriptedEngine())
-        async with client_for(app) as client:
+        async with app_client(app) as client:
             return await client.post(f"{BASE}{path}", content=body, headers={"content-type": content_type})
 
     response = asyncio.run(scenario())
@@ -183,9 +173,9 @@ def test_hostile_bodies_get_flat_4xx_answers(body: bytes, content_type: str, pat
 def test_as_many_requests_as_the_engine_batches_run_at_once_without_queueing() -> None:
     async def scenario() -> str:
         app = create_app(Settings(max_queue=0, parallel=3), ScriptedEngine(delay_s=0.01))
-        async with client_for(app) as client:
+        async with app_client(app) as client:
             streams = await asyncio.gather(
-                *(sse_events(client, "GET", f"{BASE}/base-info", params=QUERY) for _ in range(3))
+                *(app_events(client, "GET", f"{BASE}/base-info", params=QUERY) for _ in range(3))
             )
             assert all(events[-1][1]["status"] == 200 for events in streams)
             return (await client.get("/metrics")).text
@@ -206,7 +196,7 @@ def test_a_body_over_the_limit_gets_413_before_it_is_read() -> None:
             for start in range(0, len(big), 1000):  # no Content-Length: chunked
                 yield big[start : start + 1000]
 
-        async with client_for(app) as client:
+        async with app_client(app) as client:
             declared = await client.post(f"{BASE}/free-text", content=big, headers={"content-type": "application/json"})
             chunked = await client.post(
                 f"{BASE}/free-text", content=chunks(), headers={"content-type": "application/json"}
@@ -228,7 +218,7 @@ def test_a_body_over_the_limit_gets_413_before_it_is_read() -> None:
 def test_a_session_id_outside_the_one_rule_is_refused_on_get_and_post(session_id: str, method: str) -> None:
     async def scenario() -> httpx.Response:
         app = create_app(Settings(), ScriptedEngine())
-        async with client_for(app) as client:
+        async with app_client(app) as client:
             if method == "GET":
                 return await client.get(f"{BASE}/base-info", params={**QUERY, "sessionId": session_id})
             return await client.post(f"{BASE}/base-info", json={**QUERY, "sessionId": session_id})
@@ -241,7 +231,7 @@ def test_a_session_id_outside_the_one_rule_is_refused_on_get_and_post(session_id
 def test_a_message_that_is_not_writable_text_is_refused() -> None:
     async def scenario() -> httpx.Response:
         app = create_app(Settings(), ScriptedEngine())
-        async with client_for(app) as client:
+        async with app_client(app) as client:
             body = b'{"sessionId": "s", "message": "\\ud800 lone surrogate"}'
             return await client.post(f"{BASE}/free-text", content=body, headers={"content-type": "application/json"})
 
@@ -262,8 +252,8 @@ def test_every_stream_ends_with_one_close_whatever_is_raised(route: str) -> None
         engine = ScriptedEngine(output="not json at all")
         app = create_app(Settings(), engine, UnknownCategoryStore(10, 5, 60))
         params = {"sessionId": "s", "message": "오늘 할 수 있는 걸 알려줘"} if route == "/free-text" else QUERY
-        async with client_for(app) as client:
-            return await sse_events(client, "GET", f"{BASE}{route}", params=params)
+        async with app_client(app) as client:
+            return await app_events(client, "GET", f"{BASE}{route}", params=params)
 
     events = asyncio.run(scenario())
     assert [name for name, _ in events][-2:] == ["error", "close"]
@@ -301,9 +291,9 @@ def test_logs_hold_no_forged_lines_and_no_stored_user_text(caplog: pytest.LogCap
 
     async def scenario() -> None:
         app = create_app(Settings(), ScriptedEngine(), UnreadableTurnStore(10, 5, 60))
-        async with client_for(app) as client:
+        async with app_client(app) as client:
             await client.get(f"{BASE}/base-info%0AFORGED%20LINE%0D", params=QUERY)
-            await sse_events(client, "GET", f"{BASE}/free-text", params={"sessionId": "s", "message": "오늘 뭐 하지요"})
+            await app_events(client, "GET", f"{BASE}/free-text", params={"sessionId": "s", "message": "오늘 뭐 하지요"})
 
     with caplog.at_level(logging.DEBUG, logger="service"):
         asyncio.run(scenario())
@@ -332,8 +322,8 @@ class ShutDownEngine(ScriptedEngine):
 def test_a_generation_the_engine_cancels_is_a_503_not_a_500() -> None:
     async def scenario() -> list[tuple[str, Any]]:
         app = create_app(Settings(), ShutDownEngine())
-        async with client_for(app) as client:
-            return await sse_events(client, "GET", f"{BASE}/base-info", params=QUERY)
+        async with app_client(app) as client:
+            return await app_events(client, "GET", f"{BASE}/base-info", params=QUERY)
 
     events = asyncio.run(scenario())
     assert [name for name, _ in events][-2:] == ["error", "close"] and events[-1][1]["status"] == 503

@@ -18,7 +18,7 @@ from service.recommend.serving import RecommendationService
 from service.recommend.sessions import MemorySessionStore
 from service.settings import Settings
 from tests.fakes import GOOD_OUTPUT, ScriptedEngine
-from tests.support.sse import ends_with_one_close
+from tests.support.sse import app_client, ends_with_one_close
 
 SSE = {"Accept": "text/event-stream"}
 BASE = "/ai/chatbot/recommendation"
@@ -33,9 +33,8 @@ async def _events(
     engine: ScriptedEngine, method: str, url: str, **kwargs: Any
 ) -> tuple[httpx.Response, list[tuple[str, Any]]]:
     app = create_app(Settings(), engine)
-    transport = httpx.ASGITransport(app=app)
     async with (
-        httpx.AsyncClient(transport=transport, base_url="http://test") as client,
+        app_client(app) as client,
         aconnect_sse(client, method, url, **kwargs) as source,
     ):
         events = [(event.event, json.loads(event.data)) async for event in source.aiter_sse()]
@@ -44,7 +43,7 @@ async def _events(
 
 async def _request(engine: ScriptedEngine, method: str, url: str, **kwargs: Any) -> httpx.Response:
     app = create_app(Settings(), engine)
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+    async with app_client(app) as client:
         return await client.request(method, url, **kwargs)
 
 

@@ -32,12 +32,10 @@ INSTRUCTIONS = (
 
 
 def base_info_messages(location: str, work_type: str, category: Category) -> tuple[ChatMessage, ...]:
-    request = (
-        f"장소: {location}\n"
-        f"직업 유형: {work_type}\n"
-        f"카테고리: {category.label} ({category.focus})\n"
-        f"{location}에서 일하는 {work_type}에게 맞는 {category.label} 챌린지 3개를 추천해 줘."
-    )
+    # Only the facts, once each: everything after the shared instructions is evaluated anew for
+    # each combination, and the first word waits for it (issue #15). The instructions already
+    # say what to do with them.
+    request = f"장소: {location}\n직업 유형: {work_type}\n카테고리: {category.label} ({category.focus})"
     return (ChatMessage("system", INSTRUCTIONS), ChatMessage("user", request))
 
 

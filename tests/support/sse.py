@@ -7,12 +7,23 @@ import re
 from typing import Any
 
 import httpx
-from httpx_sse import connect_sse
+from httpx_sse import aconnect_sse, connect_sse
 
 from service.recommend.answer import Answer, render
 from tests.support.queries import BASE, SSE
 
 TIMEOUT = httpx.Timeout(180.0)
+
+
+def app_client(app: Any) -> httpx.AsyncClient:
+    """A client of the app in this process (no server, no socket)."""
+    return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=30)
+
+
+async def app_events(client: httpx.AsyncClient, method: str, url: str, **kwargs: Any) -> list[tuple[str, Any]]:
+    """Every event of one stream from the app in this process, its data parsed as JSON."""
+    async with aconnect_sse(client, method, url, headers=SSE, **kwargs) as source:
+        return [(event.event, json.loads(event.data)) async for event in source.aiter_sse()]
 
 
 def relay_read(url: str, method: str = "GET", **kwargs: Any) -> tuple[httpx.Response, list[tuple[str, str]]]:
