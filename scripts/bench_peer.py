@@ -42,7 +42,7 @@ from service.recommend.catalog import find_category
 from service.recommend.prompts import base_info_messages
 from service.recommend.serving import answer_token_budget
 from tests.support.queries import rotating_queries
-from tests.support.service_process import ROOT, free_port
+from tests.support.service_process import ROOT, free_port, stop_process, wait_until_answers
 
 # What the grammar forces before the first word a reader sees.
 OPENING = '{"recommend":"'
@@ -113,27 +113,10 @@ class PeerServer:
         ]
         with log_path.open("wb") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 300
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"llama-server exited with {self.process.returncode}: see {log_path}")
-            try:
-                if httpx.get(f"{self.base_url}/health", timeout=5).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"llama-server was not ready in 300 s: see {log_path}")
-            time.sleep(0.2)
+        wait_until_answers(self.process, f"{self.base_url}/health", 300, log_path.read_text)
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+        stop_process(self.process)
 
 
 async def _peer(client: httpx.AsyncClient, tokens: list[int], temperature: float, seed: int) -> tuple[float, int]:

@@ -13,6 +13,7 @@ from service.engine import ChatMessage, Generation, GenerationRequest
 from service.engine.base import FinishReason, GenerationFailed, PromptDoesNotFit
 from service.engine.grammar import CHALLENGE_GRAMMAR_PATH
 from service.engine.llama import LlamaConfig, LlamaCppEngine
+from service.engine.model_files import ModelFileError
 from service.recommend.answer import parse_model_output, render
 from service.recommend.catalog import CATEGORIES
 from service.recommend.prompts import base_info_messages
@@ -159,3 +160,9 @@ def test_a_request_whose_prompt_cannot_be_made_fails_alone_and_the_batch_goes_on
         await read(engine.submit(request(61)), 61)  # and the next one is served too
 
     asyncio.run(run())
+
+
+def test_a_grammar_that_does_not_compile_stops_the_start_with_its_name(smollm_path: Path) -> None:
+    # Mistyped rule name: the service must not start and serve requests that would all fail.
+    with pytest.raises(ModelFileError, match="문법 broken"):
+        LlamaCppEngine(LlamaConfig(smollm_path), {"broken": 'root ::= "{" missing-rule "}"'})

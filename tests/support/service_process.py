@@ -7,6 +7,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -49,24 +50,34 @@ class ServiceProcess:
     def wait(self, path: str = "/ready", timeout_s: float = 300.0) -> ServiceProcess:
         """Until ``path`` answers 200: ``/health`` once it listens, ``/ready`` once the model
         is loaded and warm (what a user or a benchmark wants)."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the service exited with {self.process.returncode}:\n{self.log()}")
-            try:
-                if httpx.get(f"{self.base_url}{path}", timeout=5.0).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"the service did not answer {path} with 200 in {timeout_s:.0f} s:\n{self.log()}")
-            time.sleep(0.2)
+        wait_until_answers(self.process, f"{self.base_url}{path}", timeout_s, self.log)
+        return self
 
     def stop(self) -> None:
-        self.process.terminate()
+        stop_process(self.process)
+
+
+def wait_until_answers(process: subprocess.Popen[bytes], url: str, timeout_s: float, log: Callable[[], str]) -> None:
+    """Until ``url`` answers 200; the child exiting or the time running out stops it with its log."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args!r} exited with {process.returncode}:\n{log()}")
         try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
+            if httpx.get(url, timeout=5.0).status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            stop_process(process)
+            raise RuntimeError(f"{url} did not answer 200 in {timeout_s:.0f} s:\n{log()}")
+        time.sleep(0.2)
+
+
+def stop_process(process: subprocess.Popen[bytes]) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
