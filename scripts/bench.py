@@ -269,15 +269,13 @@ async def http_wave(base_url: str, queries: list[dict[str, str]]) -> dict[str, A
     }
 
 
-def bench_http(
-    model: Path, runs: int, temperature: float, concurrency: tuple[int, ...], env: dict[str, str] | None = None
-) -> dict[str, Any]:
+def bench_http(model: Path, runs: int, temperature: float, concurrency: tuple[int, ...]) -> dict[str, Any]:
     """Waves on the rotating mix (each request a different place, kind of work and category, as
     production sends them); the lone request also on one prompt repeated, whose instructions
     and facts are all cached, for the first-event time beside the mix's."""
-    service = bench_service(model, {"LEAFRESH_TEMPERATURE": str(temperature), **(env or {})})
+    service = bench_service(model, {"LEAFRESH_TEMPERATURE": str(temperature)})
     base = service.base_url
-    queries = iter(rotating_queries(1 + runs + sum(concurrency) * runs))
+    queries = iter(rotating_queries(runs + sum(concurrency)))
     results: dict[str, Any] = {}
     try:
         asyncio.run(http_wave(base, [QUERY]))  # warm: the instructions cached

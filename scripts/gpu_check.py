@@ -22,6 +22,7 @@ import asyncio
 import json
 import multiprocessing
 import os
+import re
 import shutil
 import statistics
 import subprocess
@@ -165,10 +166,9 @@ def _gpu_memory_of(pid: int) -> float:
 
 
 def _layers_from_log(log: str) -> int | None:
-    for line in log.splitlines():
-        if "layers on the GPU" in line:
-            return int(line.split("layers on the GPU")[0].rsplit(":", 1)[-1].split("/")[0].strip().split()[-1])
-    return None
+    """The layers the engine put on the GPU, from its "model loaded" line."""
+    found = re.search(r"gpu layers: (\d+)", log)
+    return int(found.group(1)) if found else None
 
 
 def main() -> int:
