@@ -11,10 +11,10 @@ import logging
 import signal
 import sys
 
-import uvicorn
 from pydantic import ValidationError
 
 from service.api.app import create_app, memory_sessions
+from service.api.server import serve
 from service.engine.loader import load_engine
 from service.engine.model_files import ModelFileError
 from service.logs import configure_logging, redact_url
@@ -68,18 +68,10 @@ def main() -> int:
         sys.stderr.write(f"leafresh: {exc}\n")
         return 2
     logger.info("serving on http://%s:%d", settings.host, settings.port)
-    # uvicorn drains on SIGTERM, then re-raises the signal to the handler it found: with this
-    # one, a drained shutdown ends with exit status 0 instead of "killed by SIGTERM".
+    # uvicorn re-raises a signal that stopped it to the handler it found: with this one, a
+    # shutdown ends with exit status 0 instead of "killed by SIGTERM".
     signal.signal(signal.SIGTERM, lambda *_: None)
-    uvicorn.run(
-        app,
-        host=settings.host,
-        port=settings.port,
-        log_config=None,
-        access_log=False,
-        # Streams get shutdown_grace_s to end with error + close; a little more to flush them.
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
-    )
+    serve(app, settings.host, settings.port, app.state.drain, lambda: app.state.service.shutdown_grace_s)
     logger.info("stopped")
     return 0
 

@@ -114,12 +114,13 @@ class Settings(BaseSettings):
         le=600,
         description="A stream whose reader takes longer than this to accept one event is dropped.",
     )
-    shutdown_grace_s: float = Field(
-        default=10.0,
-        # Under a second, streams could be cut before their error + close are written.
-        ge=1,
-        le=600,
-        description="On SIGTERM, seconds to end open streams with error + close before exiting.",
+    shutdown_grace_s: float | Literal["auto"] = Field(
+        default="auto",
+        description=(
+            "On SIGTERM, seconds that accepted requests get to finish before what is still running is cut "
+            "(error + close, 503), or auto: twice the typical answer time measured at warm-up, between 15 s and "
+            "the generation deadline."
+        ),
     )
     session_url: str | None = Field(
         default=None,
@@ -161,6 +162,14 @@ class Settings(BaseSettings):
     def _timeout_in_range(cls, value: float | str) -> float | str:
         if not isinstance(value, str) and not 0 < value <= 3600:
             raise ValueError("must be auto or a number of seconds above 0 and at most 3600")
+        return value
+
+    @field_validator("shutdown_grace_s")
+    @classmethod
+    def _grace_in_range(cls, value: float | str) -> float | str:
+        # Under a second, streams could be cut before their error + close are written.
+        if not isinstance(value, str) and not 1 <= value <= 600:
+            raise ValueError("must be auto or a number of seconds from 1 to 600")
         return value
 
     @model_validator(mode="after")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import threading
 import time
 from collections.abc import Callable
 
@@ -13,8 +14,10 @@ import pytest
 from httpx_sse import connect_sse
 
 from service.recommend.answer import Answer
-from tests.support.service_process import ServiceProcess
-from tests.support.sse import ends_with_one_close
+from tests.support.service_process import ROOT, ServiceProcess
+from tests.support.sse import check_success_stream, ends_with_one_close, relay_read
+
+ARTIFACTS = ROOT / "test-artifacts"
 
 BASE = "/ai/chatbot/recommendation"
 SSE = {"Accept": "text/event-stream"}
@@ -92,10 +95,57 @@ def test_prompt_injection_never_breaks_the_answer(server: ServiceProcess, messag
     assert metric(server, "leafresh_answer_schema_failures_total") == 0
 
 
-def test_sigterm_ends_open_streams_with_error_and_close_then_exits(
+def _read_in_background(url: str, params: dict[str, str], events: list[tuple[str, str]]) -> threading.Thread:
+    def read() -> None:
+        with (
+            httpx.Client(timeout=TIMEOUT) as client,
+            connect_sse(client, "GET", url, params=params, headers=SSE) as source,
+        ):
+            events.extend((event.event, event.data) for event in source.iter_sse())
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
+    return reader
+
+
+def test_sigterm_drains_an_answer_in_flight_refuses_new_ones_then_exits(
     server_factory: Callable[..., ServiceProcess],
 ) -> None:
-    doomed = server_factory("sigterm", LEAFRESH_SHUTDOWN_GRACE_S="2")
+    """Issue #20's timeline: SIGTERM, /ready 503 at once, new requests refused, the answer in
+    flight ends with its normal close, then the process exits 0."""
+    leaving = server_factory("drain", LEAFRESH_SHUTDOWN_GRACE_S="120").wait()
+    events: list[tuple[str, str]] = []
+    reader = _read_in_background(f"{leaving.base_url}{BASE}/base-info", QUERY, events)
+    while len(events) < 3:
+        assert reader.is_alive(), events
+        time.sleep(0.02)
+    started = time.monotonic()
+    leaving.process.send_signal(signal.SIGTERM)
+    timeline: dict[str, float] = {}
+    while (ready := httpx.get(f"{leaving.base_url}/ready", timeout=TIMEOUT)).status_code != 503:
+        time.sleep(0.01)
+    timeline["ready_503_s"] = time.monotonic() - started
+    assert ready.json()["data"]["draining"] is True
+    assert httpx.get(f"{leaving.base_url}/health", timeout=TIMEOUT).status_code == 200
+    refused = httpx.post(f"{leaving.base_url}{BASE}/base-info", json=QUERY, timeout=TIMEOUT)
+    assert refused.status_code == 503 and refused.headers["retry-after"]
+    _, in_band = relay_read(f"{leaving.base_url}{BASE}/base-info", params=QUERY, headers=SSE)
+    assert [name for name, _ in in_band] == ["error", "close"] and json.loads(in_band[-1][1])["status"] == 503
+    reader.join(timeout=180)
+    timeline["last_close_s"] = time.monotonic() - started
+    check_success_stream(events)
+    assert leaving.process.wait(timeout=60) == 0
+    timeline["exit_s"] = time.monotonic() - started
+    log = leaving.log()
+    assert "Traceback" not in log and "every accepted request ended on its own" in log
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "drain-timeline.json").write_text(json.dumps(timeline, indent=1))
+
+
+def test_sigterm_cuts_what_outlives_the_grace_with_error_and_close(
+    server_factory: Callable[..., ServiceProcess],
+) -> None:
+    doomed = server_factory("sigterm", LEAFRESH_SHUTDOWN_GRACE_S="1")
     events: list[tuple[str, str]] = []
     with (
         httpx.Client(timeout=TIMEOUT) as client,
@@ -106,11 +156,11 @@ def test_sigterm_ends_open_streams_with_error_and_close_then_exits(
             if len(events) == 3:
                 doomed.process.send_signal(signal.SIGTERM)
     names = [name for name, _ in events]
-    assert names[-2:] == ["error", "close"], names[-5:]
+    assert names[-2:] == ["error", "close"] and ends_with_one_close(names), names[-5:]
     assert json.loads(events[-1][1])["status"] == 503
     assert doomed.process.wait(timeout=30) == 0
     log = doomed.log()
-    assert "Traceback" not in log and log.rstrip().endswith("stopped")
+    assert "Traceback" not in log and "were cut with 503" in log and log.rstrip().endswith("stopped")
 
 
 def test_a_json_client_that_leaves_cancels_its_generation(server: ServiceProcess) -> None:

@@ -14,8 +14,9 @@ from fastapi.responses import Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.bodylimit import BodyLimitMiddleware
+from service.api.drain import Drain, InFlightMiddleware
 from service.api.page import render_page
-from service.api.routes import error_response, health_router, page_router, router
+from service.api.routes import RECOMMENDATION_PREFIX, error_response, health_router, page_router, router
 from service.engine import Engine
 from service.logs import RequestIdMiddleware, printable
 from service.metrics import Metrics
@@ -90,7 +91,9 @@ def create_app(settings: Settings, engine: Engine, sessions: SessionStore | None
     app.state.service = service
     app.state.metrics = metrics
     app.state.ready = asyncio.Event()
+    app.state.drain = Drain()
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(InFlightMiddleware, drain=app.state.drain, prefix=RECOMMENDATION_PREFIX)
     app.add_middleware(RequestIdMiddleware)
     app.include_router(router)
     app.include_router(health_router)

@@ -10,10 +10,11 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
 
+from service.api.drain import Drain
 from service.api.page import render_page
 from service.api.sse import event_stream
 from service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from service.recommend.contract import Body, NotReady, ServiceError, error_then_close
+from service.recommend.contract import MSG_DRAINING, Body, NotReady, ServiceError, ShuttingDown, error_then_close
 from service.recommend.protocol import (
     BaseInfoBody,
     FreeTextBody,
@@ -23,9 +24,7 @@ from service.recommend.protocol import (
 )
 from service.recommend.serving import RecommendationService
 
-router = APIRouter(prefix="/ai/chatbot/recommendation", tags=["recommendation"])
-health_router = APIRouter(tags=["health"])
-page_router = APIRouter(tags=["page"])
+RECOMMENDATION_PREFIX = "/ai/chatbot/recommendation"
 
 
 def get_service(request: Request) -> RecommendationService:
@@ -33,7 +32,25 @@ def get_service(request: Request) -> RecommendationService:
     return service
 
 
+def get_drain(request: Request) -> Drain:
+    drain: Drain = request.app.state.drain
+    return drain
+
+
 ServiceDep = Annotated[RecommendationService, Depends(get_service)]
+DrainDep = Annotated[Drain, Depends(get_drain)]
+
+
+def refuse_while_draining(request: Request, drain: DrainDep) -> None:
+    """A replica that is leaving takes no new work: 503 with Retry-After, at once (issue #20)."""
+    if drain.draining:
+        retry_after = str(request.app.state.settings.retry_after_s)
+        raise ShuttingDown(headers={"Retry-After": retry_after}, detail="draining: a new request was refused")
+
+
+router = APIRouter(prefix=RECOMMENDATION_PREFIX, tags=["recommendation"], dependencies=[Depends(refuse_while_draining)])
+health_router = APIRouter(tags=["health"])
+page_router = APIRouter(tags=["page"])
 
 
 def wants_event_stream(request: Request) -> bool:
@@ -51,7 +68,7 @@ def error_response(request: Request, error: ServiceError) -> Response:
     if 400 <= error.status < 500:
         request.app.state.metrics.validation_failures.labels(status=str(error.status)).inc()
     if wants_event_stream(request):
-        response: Response = event_stream(_error_events(error), request.app.state.settings)
+        response: Response = _stream(request, _error_events(error))
     else:
         response = JSONResponse(error.body().model_dump(mode="json"), status_code=error.status)
     response.headers.update(error.headers)
@@ -68,19 +85,27 @@ async def _client_left(request: Request) -> None:
         pass
 
 
+def _stream(request: Request, events: AsyncGenerator[tuple[str, Body], None]) -> Response:
+    return event_stream(events, request.app.state.settings, get_drain(request).cut)
+
+
 async def _json_answer(request: Request, work: Awaitable[Body]) -> Response:
     """One JSON answer, unless the client leaves first: then its generation is cancelled, as a
-    stream reader's is, instead of holding an engine slot to the end (issue #13)."""
+    stream reader's is, instead of holding an engine slot to the end (issue #13). A draining
+    server's cut ends the wait with the contract's JSON 503."""
     answer = asyncio.ensure_future(work)
     left = asyncio.ensure_future(_client_left(request))
+    cut = asyncio.ensure_future(get_drain(request).cut.wait())
     try:
-        await asyncio.wait((answer, left), return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait((answer, left, cut), return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in (answer, left):
+        for task in (answer, left, cut):
             if not task.done():
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+    if answer.cancelled() and cut.done():
+        raise ShuttingDown(detail="the shutdown grace ran out before the answer")
     if answer.cancelled():
         return Response(status_code=CLIENT_CLOSED_REQUEST)
     return JSONResponse(answer.result().model_dump(mode="json"))
@@ -106,14 +131,14 @@ async def base_info_stream(
         "category": _query(category),
     }
     checked = parse_base_info(values)
-    return event_stream(service.stream_base_info(checked), service.settings)
+    return _stream(request, service.stream_base_info(checked))
 
 
 @router.post("/base-info", summary="Three challenges as a stream (Accept: text/event-stream) or one JSON answer")
 async def base_info(request: Request, service: ServiceDep, body: BaseInfoBody) -> Response:
     checked = parse_base_info(body.model_dump())
     if wants_event_stream(request):
-        return event_stream(service.stream_base_info(checked), service.settings)
+        return _stream(request, service.stream_base_info(checked))
     return await _json_answer(request, service.answer_base_info(checked))
 
 
@@ -127,14 +152,14 @@ async def free_text_stream(
     checked = parse_free_text(
         {"sessionId": _query(sessionId), "message": _query(message)}, service.settings.max_message_chars
     )
-    return event_stream(service.stream_free_text(checked), service.settings)
+    return _stream(request, service.stream_free_text(checked))
 
 
 @router.post("/free-text", summary="Free-text challenges as a stream (Accept: text/event-stream) or one JSON answer")
 async def free_text(request: Request, service: ServiceDep, body: FreeTextBody) -> Response:
     checked = parse_free_text(body.model_dump(), service.settings.max_message_chars)
     if wants_event_stream(request):
-        return event_stream(service.stream_free_text(checked), service.settings)
+        return _stream(request, service.stream_free_text(checked))
     return await _json_answer(request, service.answer_free_text(checked))
 
 
@@ -148,8 +173,11 @@ async def health(service: ServiceDep) -> dict[str, Any]:
     ).model_dump(mode="json")
 
 
-@health_router.get("/ready", summary="Ready: 503 until the model is loaded and warm, then 200")
-async def ready(request: Request) -> JSONResponse:
+@health_router.get("/ready", summary="Ready: 503 until the model is loaded and warm, and again once draining")
+async def ready(request: Request, drain: DrainDep) -> JSONResponse:
+    if drain.draining:
+        body = Body(status=503, message=MSG_DRAINING, data={"draining": True, "inFlight": drain.in_flight})
+        return JSONResponse(body.model_dump(mode="json"), status_code=503)
     if not request.app.state.ready.is_set():
         return JSONResponse(NotReady().body().model_dump(mode="json"), status_code=503, headers={"Retry-After": "1"})
     return JSONResponse(Body(status=200, message="ready").model_dump(mode="json"))

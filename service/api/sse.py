@@ -1,5 +1,6 @@
 """Framing contract events as Server-Sent Events: sse-starlette does the encoding, the
-keep-alive pings and the disconnect handling; this module only sets what the contract asks."""
+keep-alive pings and the disconnect handling; this module only sets what the contract asks, and
+ends a stream with error + close (503) when a draining server's grace is over (``drain.cut``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,6 @@ import contextlib
 from collections.abc import AsyncGenerator
 from typing import Any
 
-import anyio
 from sse_starlette import EventSourceResponse, ServerSentEvent
 
 from service.recommend.contract import Body, ShuttingDown, error_then_close
@@ -33,17 +33,17 @@ def _frame(name: str, body: Body) -> ServerSentEvent:
 
 
 async def _encode(
-    events: AsyncGenerator[tuple[str, Body], None], shutdown: anyio.Event
+    events: AsyncGenerator[tuple[str, Body], None], cut: asyncio.Event
 ) -> AsyncGenerator[ServerSentEvent, None]:
-    """The events as frames, until the server shuts down: then the generation is stopped and
-    the reader gets error + close (503), so the relay ends the browser's stream cleanly.
+    """The events as frames, until a draining server cuts what is left: then the generation is
+    stopped and the reader gets error + close (503), so the relay ends the browser's stream cleanly.
 
-    Each next event is awaited in its own task so that shutdown can interrupt the wait. That
+    Each next event is awaited in its own task so that the cut can interrupt the wait. That
     task must be finished before the events are closed: closing a generator that another task
     is still running raises, and the engine slot it holds would never be given back (found by
     the schemathesis run when a reader left mid-stream).
     """
-    stop = asyncio.ensure_future(shutdown.wait())
+    stop = asyncio.ensure_future(cut.wait())
     pending: asyncio.Future[tuple[str, Body]] | None = None
     try:
         while True:
@@ -75,10 +75,11 @@ async def _finish(task: asyncio.Future[Any]) -> None:
         await task
 
 
-def event_stream(events: AsyncGenerator[tuple[str, Body], None], settings: Settings) -> EventSourceResponse:
-    shutdown = anyio.Event()
+def event_stream(
+    events: AsyncGenerator[tuple[str, Body], None], settings: Settings, cut: asyncio.Event
+) -> EventSourceResponse:
     return EventSourceResponse(
-        _encode(events, shutdown),
+        _encode(events, cut),
         media_type=MEDIA_TYPE,
         headers=HEADERS,
         ping=settings.ping_interval_s,
@@ -86,6 +87,4 @@ def event_stream(events: AsyncGenerator[tuple[str, Body], None], settings: Setti
         sep=SEP,
         # A reader that stops reading is dropped instead of making us buffer without bound.
         send_timeout=settings.send_timeout_s,
-        shutdown_event=shutdown,
-        shutdown_grace_period=settings.shutdown_grace_s,
     )

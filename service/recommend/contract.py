@@ -37,6 +37,8 @@ MSG_OVERLOADED = "지금 요청이 많아 추천을 만들 수 없습니다. 잠
 MSG_DEADLINE = "추천을 만드는 데 시간이 너무 오래 걸려 중단했습니다. 잠시 후 다시 시도해 주세요."
 MSG_SHUTTING_DOWN = "서버가 재시작 중입니다. 잠시 후 다시 시도해 주세요."
 MSG_NOT_READY = "서버가 아직 준비 중입니다. 잠시 후 다시 시도해 주세요."
+# /ready while a replica drains after SIGTERM: for the load balancer and the operator.
+MSG_DRAINING = "이 서버는 종료를 준비하고 있어 새 요청을 받지 않습니다(draining). 진행 중인 답변만 마칩니다."
 # The framework's own errors, in Korean.
 HTTP_MESSAGES = {
     400: MSG_BAD_REQUEST,

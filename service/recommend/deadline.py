@@ -17,6 +17,12 @@ AUTO_MIN_S = 120.0
 AUTO_MAX_S = 280.0
 # The deadline covers the longest answer the grammar allows, with this much to spare.
 MARGIN = 1.25
+# LEAFRESH_SHUTDOWN_GRACE_S=auto (issue #20): a draining replica gives what it accepted twice a
+# typical answer, so an answer that has just started and one queued behind it both finish; never
+# under AUTO_GRACE_MIN_S, never past the generation deadline (nothing runs longer anyway). Until
+# the warm-up has measured the machine, AUTO_GRACE_UNMEASURED_S.
+AUTO_GRACE_MIN_S = 15.0
+AUTO_GRACE_UNMEASURED_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,11 @@ class DeadlinePlan:
     @property
     def longest_answer_s(self) -> float:
         return self.longest_answer_tokens / self.tokens_per_s if self.tokens_per_s > 0 else float("inf")
+
+    @property
+    def drain_grace_s(self) -> float:
+        """The auto shutdown grace: time for what a draining replica has accepted to finish."""
+        return min(max(2 * self.typical_answer_s, AUTO_GRACE_MIN_S), self.deadline_s)
 
     @property
     def too_slow(self) -> bool:

@@ -45,7 +45,7 @@ from service.recommend.contract import (
     token_body,
 )
 from service.recommend.conversation import steer
-from service.recommend.deadline import AUTO_MAX_S, plan_deadline
+from service.recommend.deadline import AUTO_GRACE_UNMEASURED_S, AUTO_MAX_S, plan_deadline
 from service.recommend.prompts import EXAMPLE_ANSWER, base_info_messages, free_text_messages
 from service.recommend.protocol import BaseInfoRequest, FreeTextRequest
 from service.recommend.rendering import AnswerRenderer
@@ -120,6 +120,9 @@ class RecommendationService:
         timeout = settings.generation_timeout_s
         # auto: generous until warm-up has measured this machine's speed (see service.recommend.deadline).
         self.generation_deadline_s = AUTO_MAX_S if timeout == "auto" else timeout
+        grace = settings.shutdown_grace_s
+        # How long a draining replica lets what it accepted finish (service.api.drain).
+        self.shutdown_grace_s = AUTO_GRACE_UNMEASURED_S if grace == "auto" else grace
         self._prompt_budget = engine.info.context_size - self.max_tokens
         check_schema_loads()
 
@@ -159,24 +162,32 @@ class RecommendationService:
         generation = self.engine.submit(request)
         async for _ in generation:
             pass
-        if self.settings.generation_timeout_s == "auto":
-            self._plan_deadline(generation.stats)
+        self._plan_deadline(generation.stats)
 
     def _plan_deadline(self, stats: GenerationStats) -> None:
+        """The auto generation deadline and shutdown grace, from the speed the warm-up showed."""
         # Sampled steps, not tokens: the forced ones come in bulk and would flatter the speed.
         speed = stats.decode_steps / stats.decode_seconds if stats.decode_seconds > 0 else 0.0
         per_syllable = self.engine.count_text_tokens(EXAMPLE_ANSWER) / hangul_syllables(EXAMPLE_ANSWER)
         longest = min(self.max_tokens, math.ceil(load_challenge_grammar().max_bytes() / 3 * per_syllable))
         plan = plan_deadline(speed, round(TYPICAL_ANSWER_SYLLABLES * per_syllable), longest)
-        self.generation_deadline_s = plan.deadline_s
-        logger.info("generation deadline: %s", plan.describe())
-        if plan.too_slow:
-            logger.warning(
-                "on this machine a typical answer takes about %.0f s, past the %.0f s deadline and the Spring relay's "
-                "300 s: most requests will end with 504. Offload layers to a GPU (LEAFRESH_GPU_LAYERS) or serve a "
-                "smaller model",
+        if self.settings.generation_timeout_s == "auto":
+            self.generation_deadline_s = plan.deadline_s
+            logger.info("generation deadline: %s", plan.describe())
+            if plan.too_slow:
+                logger.warning(
+                    "on this machine a typical answer takes about %.0f s, past the %.0f s deadline and the Spring relay's "
+                    "300 s: most requests will end with 504. Offload layers to a GPU (LEAFRESH_GPU_LAYERS) or serve a "
+                    "smaller model",
+                    plan.typical_answer_s,
+                    plan.deadline_s,
+                )
+        if self.settings.shutdown_grace_s == "auto":
+            self.shutdown_grace_s = min(plan.drain_grace_s, self.generation_deadline_s)
+            logger.info(
+                "shutdown grace: %.0f s (auto: twice a typical answer of about %.0f s, at most the deadline)",
+                self.shutdown_grace_s,
                 plan.typical_answer_s,
-                plan.deadline_s,
             )
 
     # -- base-info ---------------------------------------------------------------------------
