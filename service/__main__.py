@@ -32,7 +32,12 @@ def open_session_store(settings: Settings) -> SessionStore:
     from service.recommend.sessions import RedisSessionStore
 
     def store() -> RedisSessionStore:
-        return RedisSessionStore(settings.session_url or "", settings.max_turns, settings.session_idle_s)
+        return RedisSessionStore(
+            settings.session_url or "",
+            settings.max_turns,
+            settings.session_idle_s,
+            turn_lease_s=settings.session_lock_s,
+        )
 
     async def ping() -> None:
         # A throwaway client: connections belong to the event loop that made them, and the

@@ -52,6 +52,11 @@ class Metrics:
             "leafresh_deadline_exceeded", "Requests ended by a deadline", ["stage"], registry=r
         )
         self.rejected = Counter("leafresh_rejected", "Requests refused because the queue was full", registry=r)
+        self.turns_refused = Counter(
+            "leafresh_turns_refused",
+            "Turns refused with 409 because another turn of the same conversation was running",
+            registry=r,
+        )
         self.validation_failures = Counter(
             "leafresh_validation_failures", "Requests refused by validation", ["status"], registry=r
         )

@@ -133,6 +133,15 @@ class Settings(BaseSettings):
         default=10000, ge=1, description="Conversations kept in memory at most (least recently used go first)."
     )
     max_turns: int = Field(default=20, ge=1, le=1000, description="Turns kept per conversation (oldest go first).")
+    session_lock_s: float = Field(
+        default=10.0,
+        ge=2,
+        le=120,
+        description=(
+            "With Redis sessions: the lease of a conversation's turn lock, renewed while the turn runs; a replica that "
+            "dies holding it frees the conversation after this."
+        ),
+    )
     blocked_words: str = Field(
         default="씨발,시발,병신,개새끼,좆,꺼져,닥쳐,fuck",
         description="Comma-separated words that get the chatbot's guide instead of a model call.",

@@ -22,6 +22,8 @@ from tests.support.sse import app_client, app_events, ends_with_one_close
 SSE = {"Accept": "text/event-stream"}
 BASE = "/ai/chatbot/recommendation"
 QUERY = {"sessionId": "u1", "location": "도시", "workType": "사무직", "category": "비건"}
+# Without a session: requests of different users, which may run at once.
+ANONYMOUS = {key: value for key, value in QUERY.items() if key != "sessionId"}
 
 
 def test_a_full_queue_is_refused_with_503_and_retry_after() -> None:
@@ -29,10 +31,10 @@ def test_a_full_queue_is_refused_with_503_and_retry_after() -> None:
         # One generation at a time, so the first request fills the engine.
         app = create_app(Settings(max_queue=0, retry_after_s=7, parallel=1), ScriptedEngine(delay_s=0.01))
         async with app_client(app) as client:
-            first = asyncio.create_task(app_events(client, "GET", f"{BASE}/base-info", params=QUERY))
+            first = asyncio.create_task(app_events(client, "GET", f"{BASE}/base-info", params=ANONYMOUS))
             await asyncio.sleep(0.05)  # the first request now holds the engine
-            refused = await client.post(f"{BASE}/base-info", json=QUERY)
-            in_band = await client.get(f"{BASE}/base-info", params=QUERY, headers=SSE)
+            refused = await client.post(f"{BASE}/base-info", json=ANONYMOUS)
+            in_band = await client.get(f"{BASE}/base-info", params=ANONYMOUS, headers=SSE)
             assert (await first)[-1][1]["status"] == 200
         assert refused.status_code == 503 and refused.headers["retry-after"] == "7"
         assert refused.json() == {
@@ -53,9 +55,9 @@ def test_waiting_too_long_for_the_engine_ends_with_503() -> None:
     async def scenario() -> None:
         app = create_app(Settings(max_queue=4, queue_timeout_s=0.05, parallel=1), ScriptedEngine(delay_s=0.01))
         async with app_client(app) as client:
-            first = asyncio.create_task(app_events(client, "GET", f"{BASE}/base-info", params=QUERY))
+            first = asyncio.create_task(app_events(client, "GET", f"{BASE}/base-info", params=ANONYMOUS))
             await asyncio.sleep(0.02)
-            second = await app_events(client, "GET", f"{BASE}/base-info", params=QUERY)
+            second = await app_events(client, "GET", f"{BASE}/base-info", params=ANONYMOUS)
             await first
             metrics = (await client.get("/metrics")).text
         assert [name for name, _ in second] == ["error", "close"] and second[-1][1]["status"] == 503
@@ -175,7 +177,7 @@ def test_as_many_requests_as_the_engine_batches_run_at_once_without_queueing() -
         app = create_app(Settings(max_queue=0, parallel=3), ScriptedEngine(delay_s=0.01))
         async with app_client(app) as client:
             streams = await asyncio.gather(
-                *(app_events(client, "GET", f"{BASE}/base-info", params=QUERY) for _ in range(3))
+                *(app_events(client, "GET", f"{BASE}/base-info", params=ANONYMOUS) for _ in range(3))
             )
             assert all(events[-1][1]["status"] == 200 for events in streams)
             return (await client.get("/metrics")).text

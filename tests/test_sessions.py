@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import subprocess
+import sys
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -12,12 +15,14 @@ import pytest
 from service.recommend.sessions import (
     MemorySessionStore,
     RedisSessionStore,
+    SessionBusy,
     SessionCorrupt,
     SessionStore,
     SessionUpdate,
     Turn,
 )
 from tests.support.redis import RedisServer
+from tests.support.service_process import ROOT
 
 
 def run(coro: Awaitable[Any]) -> Any:
@@ -172,3 +177,87 @@ def test_an_update_that_cannot_land_leaves_the_session_as_it_was(redis_server: R
         await store.aclose()
 
     run(scenario())
+
+
+# -- one turn at a time per conversation (issue #20) -----------------------------------------
+
+
+def test_a_conversation_takes_one_turn_at_a_time_on_every_replica(make_store: StoreFactory) -> None:
+    async def scenario() -> None:
+        first = make_store()
+        # Two replicas share one Redis; in memory there is one process.
+        second = first if isinstance(first, MemorySessionStore) else make_store()
+        hold = await first.hold("S", longest_s=60)
+        with pytest.raises(SessionBusy):
+            await second.hold("S", longest_s=60)
+        other = await second.hold("T", longest_s=60)  # other conversations are not held up
+        await hold.release()
+        await hold.release()  # twice is harmless
+        again = await second.hold("S", longest_s=60)
+        await again.release()
+        await other.release()
+        for store in {id(first): first, id(second): second}.values():
+            await store.aclose()
+
+    run(scenario())
+
+
+def test_a_turn_lock_is_renewed_while_its_turn_runs(redis_server: RedisServer) -> None:
+    async def scenario() -> None:
+        prefix = f"t:{uuid.uuid4().hex}:"
+        holder = RedisSessionStore(redis_server.url, 3, 60, prefix=prefix, turn_lease_s=2)
+        other = RedisSessionStore(redis_server.url, 3, 60, prefix=prefix, turn_lease_s=2)
+        hold = await holder.hold("S", longest_s=60)
+        await asyncio.sleep(3)  # past one lease: still held, because the holder renews it
+        with pytest.raises(SessionBusy):
+            await other.hold("S", longest_s=60)
+        await hold.release()
+        await (await other.hold("S", longest_s=60)).release()
+        await holder.aclose()
+        await other.aclose()
+
+    run(scenario())
+
+
+HOLD_AND_WAIT = """
+import asyncio, sys
+from service.recommend.sessions import RedisSessionStore
+
+async def main() -> None:
+    store = RedisSessionStore(sys.argv[1], 3, 60, prefix=sys.argv[2], turn_lease_s=2)
+    await store.hold("S", longest_s=600)
+    print("held", flush=True)
+    await asyncio.sleep(600)
+
+asyncio.run(main())
+"""
+
+
+def test_a_replica_killed_holding_a_turn_frees_the_conversation_after_one_lease(redis_server: RedisServer) -> None:
+    prefix = f"t:{uuid.uuid4().hex}:"
+    replica = subprocess.Popen(
+        [sys.executable, "-c", HOLD_AND_WAIT, redis_server.url, prefix], stdout=subprocess.PIPE, cwd=ROOT
+    )
+    assert replica.stdout is not None
+    with replica.stdout:
+        assert replica.stdout.readline().strip() == b"held"
+    replica.kill()
+    replica.wait()
+    killed_at = time.monotonic()
+
+    async def scenario() -> float:
+        store = RedisSessionStore(redis_server.url, 3, 60, prefix=prefix, turn_lease_s=2)
+        with pytest.raises(SessionBusy):
+            await store.hold("S", longest_s=60)  # the dead replica's lease has not run out yet
+        while True:
+            try:
+                hold = await store.hold("S", longest_s=60)
+                break
+            except SessionBusy:
+                await asyncio.sleep(0.1)
+        freed_after = time.monotonic() - killed_at
+        await hold.release()
+        await store.aclose()
+        return freed_after
+
+    assert run(scenario()) < 2 + 1  # one lease, plus the polling

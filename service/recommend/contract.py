@@ -48,6 +48,7 @@ HTTP_MESSAGES = {
     415: "지원하지 않는 요청 형식입니다. JSON으로 보내 주세요.",
 }
 MSG_PROMPT_TOO_LONG = "요청이 너무 길어 추천을 만들 수 없습니다. 더 짧게 입력해 주세요."
+MSG_TURN_IN_PROGRESS = "이 대화의 이전 답변을 아직 작성하고 있습니다. 답변이 끝난 뒤 다시 보내 주세요."
 
 
 # Spelled exactly as the contract's table has them (the particle follows how each name is read).
@@ -143,6 +144,13 @@ class ShuttingDown(ServiceError):
 class NotReady(ServiceError):
     status = 503
     message = MSG_NOT_READY
+
+
+class TurnInProgress(ServiceError):
+    """A second turn of a conversation while its first is still being written (issue #20)."""
+
+    status = 409
+    message = MSG_TURN_IN_PROGRESS
 
 
 class PromptTooLong(ServiceError):

@@ -11,8 +11,8 @@ import itertools
 import logging
 import math
 import re
-from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
-from contextlib import aclosing
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from time import perf_counter
 
@@ -40,6 +40,7 @@ from service.recommend.contract import (
     ServiceError,
     ShuttingDown,
     StoreUnavailable,
+    TurnInProgress,
     close_body,
     error_then_close,
     token_body,
@@ -49,7 +50,7 @@ from service.recommend.deadline import AUTO_GRACE_UNMEASURED_S, AUTO_MAX_S, plan
 from service.recommend.prompts import EXAMPLE_ANSWER, base_info_messages, free_text_messages
 from service.recommend.protocol import BaseInfoRequest, FreeTextRequest
 from service.recommend.rendering import AnswerRenderer
-from service.recommend.sessions import Session, SessionStore, SessionUpdate, Turn
+from service.recommend.sessions import Session, SessionBusy, SessionStore, SessionUpdate, Turn
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -217,11 +218,17 @@ class RecommendationService:
 
     def stream_base_info(self, request: BaseInfoRequest) -> AsyncGenerator[Event, None]:
         self.admission.check()
-        return _ending_with_close(self._stream(self._base_info_job(request)), "base-info")
+        return _ending_with_close(self._base_info_events(request), "base-info")
+
+    async def _base_info_events(self, request: BaseInfoRequest) -> AsyncGenerator[Event, None]:
+        async with self._one_turn(request.session_id), aclosing(self._stream(self._base_info_job(request))) as events:
+            async for event in events:
+                yield event
 
     async def answer_base_info(self, request: BaseInfoRequest) -> Body:
         self.admission.check()
-        answer = await self._answer(self._base_info_job(request))
+        async with self._one_turn(request.session_id):
+            answer = await self._answer(self._base_info_job(request))
         return Body(status=200, message=MSG_BASE_INFO_ANSWER, data=answer.to_data())
 
     # -- free-text ---------------------------------------------------------------------------
@@ -309,18 +316,45 @@ class RecommendationService:
             yield EVENT_CHALLENGE, token_body(render(answer))
             yield EVENT_CLOSE, close_body(answer.to_data())
             return
-        job = await self._free_text_job(request)
-        async with aclosing(self._stream(job)) as events:
-            async for event in events:
-                yield event
+        async with self._one_turn(request.session_id):
+            job = await self._free_text_job(request)
+            async with aclosing(self._stream(job)) as events:
+                async for event in events:
+                    yield event
 
     async def answer_free_text(self, request: FreeTextRequest) -> Body:
         if self._is_blocked(request.message):
             answer = GUIDE_ANSWER
         else:
             self.admission.check()
-            answer = await self._answer(await self._free_text_job(request))
+            async with self._one_turn(request.session_id):
+                answer = await self._answer(await self._free_text_job(request))
         return Body(status=200, message=MSG_FREE_TEXT_ANSWER, data=answer.to_data())
+
+    # -- one turn at a time per conversation -------------------------------------------------
+
+    @asynccontextmanager
+    async def _one_turn(self, session_id: str | None) -> AsyncIterator[None]:
+        """Holds the conversation while its turn is written, on every replica (issue #20): a
+        second turn meanwhile is refused at once with 409 rather than queued, so a double
+        click or a relay's retry never writes two answers from one history, and never holds a
+        second engine slot and queue place for an answer nobody waits for any more."""
+        if session_id is None:
+            yield
+            return
+        longest = self.settings.queue_timeout_s + self.generation_deadline_s
+        try:
+            hold = await self.sessions.hold(session_id, longest)
+        except SessionBusy as exc:
+            self.metrics.turns_refused.inc()
+            retry_after = {"Retry-After": str(self.settings.retry_after_s)}
+            raise TurnInProgress(headers=retry_after, detail="another turn of this session is running") from exc
+        except Exception as exc:
+            raise StoreUnavailable(detail=f"session lock failed: {type(exc).__name__}: {exc}") from exc
+        try:
+            yield
+        finally:
+            await hold.release()
 
     # -- running a job -----------------------------------------------------------------------
 

@@ -7,14 +7,22 @@
 
 A turn is written only after its answer is complete (a failed or cancelled answer leaves the
 session as it was), in one atomic step that appends the turn and sets the session's current
-category, place and kind of work. Two requests for the same session at once therefore both
-land, in the order they finish, and a reader always sees one consistent state.
+category, place and kind of work, so a reader always sees one consistent state.
+
+One turn at a time per conversation (issue #20): a double click, or the Spring relay retrying
+after its timeout, must not run a second turn beside the first, both reading the same history.
+``hold`` takes the conversation for one turn or raises ``SessionBusy`` at once. In memory that
+is a set in the process; in Redis it is a lock with a random token (redis-py's ``Lock``: only its
+holder can release it) on a short lease that the holder renews while the turn runs, so a replica
+that dies holding it frees the conversation within one lease, not after a whole deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import time
 from collections import OrderedDict
 from typing import Any, Protocol
@@ -22,6 +30,8 @@ from typing import Any, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from service.recommend.catalog import DEFAULT_CATEGORY_CODE
+
+logger = logging.getLogger(__name__)
 
 
 class Turn(BaseModel):
@@ -59,6 +69,16 @@ class SessionUpdate(BaseModel):
     base_category: str | None = None
 
 
+class SessionBusy(Exception):
+    """Another turn of this conversation is running (on this replica or another)."""
+
+
+class TurnHold(Protocol):
+    async def release(self) -> None:
+        """Give the conversation back (safe to call twice)."""
+        ...
+
+
 class SessionStore(Protocol):
     async def load(self, session_id: str) -> Session:
         """The session, or a new one (제로웨이스트, no history) if there is none."""
@@ -66,7 +86,21 @@ class SessionStore(Protocol):
 
     async def apply(self, session_id: str, update: SessionUpdate) -> None: ...
 
+    async def hold(self, session_id: str, longest_s: float) -> TurnHold:
+        """The conversation for one turn, or SessionBusy at once. ``longest_s`` bounds how long
+        the hold may last even if it is never released."""
+        ...
+
     async def aclose(self) -> None: ...
+
+
+class _MemoryHold:
+    def __init__(self, busy: set[str], session_id: str) -> None:
+        self._busy = busy
+        self._session_id = session_id
+
+    async def release(self) -> None:
+        self._busy.discard(self._session_id)
 
 
 def _updated(session: Session, update: SessionUpdate, max_turns: int) -> Session:
@@ -90,6 +124,8 @@ class MemorySessionStore:
         # Least recently used first, so expiry and eviction only ever look at the front.
         self._sessions: OrderedDict[str, tuple[float, Session]] = OrderedDict()
         self._lock = asyncio.Lock()
+        # Conversations with a turn running. A hold ends with its turn, and the process with it.
+        self._busy: set[str] = set()
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -121,6 +157,12 @@ class MemorySessionStore:
             self._sessions.move_to_end(session_id)
             self._expire(now)
 
+    async def hold(self, session_id: str, longest_s: float) -> TurnHold:
+        if session_id in self._busy:
+            raise SessionBusy(session_id)
+        self._busy.add(session_id)
+        return _MemoryHold(self._busy, session_id)
+
     async def aclose(self) -> None:
         self._sessions.clear()
 
@@ -133,17 +175,62 @@ class SessionCorrupt(Exception):
     """A session's keys cannot take the update; nothing was written."""
 
 
+class _RedisHold:
+    """A turn's lock in Redis, renewed every third of its lease until released or ``longest_s``."""
+
+    def __init__(self, lock: Any, lease_s: float, longest_s: float) -> None:
+        self._lock = lock
+        self._released = False
+        self._renewing = asyncio.create_task(self._renew(lease_s, longest_s))
+
+    async def _renew(self, lease_s: float, longest_s: float) -> None:
+        from redis.exceptions import LockError, RedisError
+
+        ends = time.monotonic() + longest_s
+        while time.monotonic() + lease_s / 3 < ends:
+            await asyncio.sleep(lease_s / 3)
+            try:
+                await self._lock.reacquire()
+            except (LockError, RedisError, OSError) as exc:
+                # The lease may lapse and another turn start: say so, and keep answering this one.
+                logger.warning("turn lock not renewed: %s", type(exc).__name__)
+                return
+
+    async def release(self) -> None:
+        from redis.exceptions import LockError, RedisError
+
+        if self._released:
+            return
+        self._released = True
+        self._renewing.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._renewing
+        try:
+            await self._lock.release()
+        except (LockError, RedisError, OSError) as exc:
+            # Lapsed (now someone else's, or nobody's): it expires on its own; never release another's.
+            logger.warning("turn lock not released: %s", type(exc).__name__)
+
+
 class RedisSessionStore:
     """A hash for the session's fields and a list for its turns, under one key prefix; both
     expire after the idle time, and every read or write renews them."""
 
-    def __init__(self, url: str, max_turns: int, idle_ttl_s: float, prefix: str = "leafresh:session:") -> None:
+    def __init__(
+        self,
+        url: str,
+        max_turns: int,
+        idle_ttl_s: float,
+        prefix: str = "leafresh:session:",
+        turn_lease_s: float = 10.0,
+    ) -> None:
         from redis import asyncio as redis_asyncio
 
         self._redis: Any = redis_asyncio.from_url(url, decode_responses=True)
         self.max_turns = max_turns
         self.idle_ttl_s = max(1, int(idle_ttl_s))
         self.prefix = prefix
+        self.turn_lease_s = turn_lease_s
 
     def _keys(self, session_id: str) -> tuple[str, str]:
         # The kind comes before the id: with the id last, "V" + ":turns" was session
@@ -203,6 +290,14 @@ class RedisSessionStore:
                 except WatchError:
                     continue  # another call for this session wrote first: both land
         raise SessionCorrupt(f"session kept changing during {_APPLY_ATTEMPTS} attempts")
+
+    async def hold(self, session_id: str, longest_s: float) -> TurnHold:
+        lock = self._redis.lock(
+            f"{self.prefix}lock:{session_id}", timeout=self.turn_lease_s, blocking=False, thread_local=False
+        )
+        if not await lock.acquire():
+            raise SessionBusy(session_id)
+        return _RedisHold(lock, self.turn_lease_s, longest_s)
 
     async def aclose(self) -> None:
         await self._redis.aclose()
