@@ -63,9 +63,10 @@ format: install-dev
 	$(VENV)/bin/ruff check --fix service tests scripts
 
 # Debian packages the tests use for real: redis-server (the session-store tests start their own
-# on a free loopback port), chromium (tests/test_page.py drives the page in it, headless; no
+# on a free loopback port), haproxy (deploy/haproxy.cfg in front of two replicas,
+# tests/test_e2e_replicas.py), chromium (tests/test_page.py drives the page in it, headless; no
 # browser is ever downloaded) and a Korean font, so the page's screenshot shows Hangul.
-TEST_PACKAGES := redis-server chromium fonts-nanum
+TEST_PACKAGES := redis-server haproxy chromium fonts-nanum
 test-tools:
 	@missing=""; for package in $(TEST_PACKAGES); do \
 	  dpkg -s "$$package" >/dev/null 2>&1 || missing="$$missing $$package"; done; \
