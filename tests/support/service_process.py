@@ -24,24 +24,25 @@ def free_port() -> int:
 
 class ServiceProcess:
     """A service started with ``env`` over the caller's environment. ``log_path``: its output
-    goes there (else it shares the caller's). Ready to use when ``wait`` returns."""
+    goes there (else it shares the caller's). ``cpus``: the cores it may run on (taskset's list,
+    e.g. "1"), so that replicas on one machine do not fight for a core. Ready to use when
+    ``wait`` returns."""
 
-    def __init__(self, env: dict[str, str], log_path: Path | None = None, port: int | None = None) -> None:
+    def __init__(
+        self, env: dict[str, str], log_path: Path | None = None, port: int | None = None, cpus: str | None = None
+    ) -> None:
         self.port = port or free_port()
         self.base_url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
         inherited = {k: v for k, v in os.environ.items() if k != "HOST"}  # the default, 0.0.0.0, unless env says
         full_env = {**inherited, "PORT": str(self.port), "PYTHONUNBUFFERED": "1", **env}
+        command = [*(["taskset", "-c", cpus] if cpus else []), sys.executable, "-m", "service"]
         if log_path is None:
-            self.process = subprocess.Popen([sys.executable, "-m", "service"], cwd=ROOT, env=full_env)
+            self.process = subprocess.Popen(command, cwd=ROOT, env=full_env)
         else:
             with log_path.open("wb") as log_file:  # the child keeps its own copy of the descriptor
                 self.process = subprocess.Popen(
-                    [sys.executable, "-m", "service"],
-                    cwd=ROOT,
-                    env=full_env,
-                    stdout=log_file,
-                    stderr=subprocess.STDOUT,
+                    command, cwd=ROOT, env=full_env, stdout=log_file, stderr=subprocess.STDOUT
                 )
 
     def log(self) -> str:
