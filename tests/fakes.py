@@ -76,6 +76,7 @@ class ScriptedEngine:
         self.requests: list[GenerationRequest] = []
         self.cancel_calls = 0
         self.closed = False
+        self.alive = True
         self.info = EngineInfo(model_path="scripted", chat_template="fallback", system_role=True, context_size=8192)
 
     def submit(self, request: GenerationRequest) -> ScriptedGeneration:

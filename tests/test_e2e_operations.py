@@ -57,6 +57,9 @@ def test_a_reader_that_leaves_stops_its_generation_and_frees_the_engine(server: 
         assert time.monotonic() < deadline, "the generation was not cancelled"
         time.sleep(0.05)
     assert metric(server, "leafresh_generations_active") == 0
+    # Counted as what it was (issue #21: readers that left were counted as finish="length").
+    assert metric(server, 'leafresh_generations_total{finish="cancelled"}') >= 1
+    assert metric(server, 'leafresh_generations_total{finish="length"}') == 0
     tokens = metric(server, "leafresh_generated_tokens_total")
     time.sleep(0.5)
     assert metric(server, "leafresh_generated_tokens_total") == tokens  # nothing decodes any more

@@ -4,13 +4,23 @@ in the batch (requests joining, leaving, being evicted from a full cache)."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from service.engine import ChatMessage, Generation, GenerationRequest
-from service.engine.base import FinishReason, GenerationFailed, PromptDoesNotFit
+from service.engine.base import (
+    EngineError,
+    EngineStopped,
+    FinishReason,
+    GenerationFailed,
+    NoWordInTime,
+    PromptDoesNotFit,
+)
 from service.engine.grammar import CHALLENGE_GRAMMAR_PATH
 from service.engine.llama import LlamaConfig, LlamaCppEngine
 from service.engine.model_files import ModelFileError
@@ -166,3 +176,67 @@ def test_a_grammar_that_does_not_compile_stops_the_start_with_its_name(smollm_pa
     # Mistyped rule name: the service must not start and serve requests that would all fail.
     with pytest.raises(ModelFileError, match="문법 broken"):
         LlamaCppEngine(LlamaConfig(smollm_path), {"broken": 'root ::= "{" missing-rule "}"'})
+
+
+def test_when_the_decode_thread_dies_every_request_fails_at_once_and_the_engine_says_so(smollm_path: Path) -> None:
+    """Issue #21: a bug that kills the decode thread left streams with pings and no close."""
+    doomed = make_engine(smollm_path, parallel=2)
+
+    async def scenario() -> tuple[list[str], float]:
+        running = doomed.submit(request(0))
+        first = await anext(aiter(running))  # it is generating
+        assert first and doomed.alive
+
+        def broken() -> bool:
+            raise RuntimeError("injected fault in the decode loop")
+
+        doomed._decode_loop._scheduler.admissible = broken  # type: ignore[method-assign]
+        started = asyncio.get_running_loop().time()
+        waiting = doomed.submit(request(1))  # wakes the loop, which dies on the injected fault
+        failures = []
+        for generation in (running, waiting):
+            # The step that met the fault fails its requests; the thread's death fails the rest.
+            with pytest.raises(EngineError) as caught:
+                async for _ in generation:
+                    pass
+            failures.append(str(caught.value))
+        elapsed = asyncio.get_running_loop().time() - started
+        assert not doomed.alive
+        with pytest.raises(EngineStopped):
+            doomed.submit(request(2))
+        return failures, elapsed
+
+    failures, elapsed = asyncio.run(scenario())
+    assert all("injected fault" in failure for failure in failures)
+    assert elapsed < 10  # at once, not at some deadline
+    asyncio.run(doomed.aclose())
+
+
+def test_a_generation_the_decode_thread_stops_answering_ends_by_the_event_loops_own_deadline(
+    engine: LlamaCppEngine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The decode thread enforces deadlines between steps; a step that never returns would leave
+    its readers waiting for ever, so the event loop keeps a deadline of its own (issue #21)."""
+    monkeypatch.setattr("service.engine.llama.BACKSTOP_SLACK_S", 0.5)
+    runner = engine._decode_loop._runner
+    decode = runner.decode
+    stalled: list[bool] = []
+
+    def stalls_once(chunks: Any) -> Any:
+        if not stalled:
+            stalled.append(True)
+            time.sleep(3)  # a stuck step
+        return decode(chunks)
+
+    monkeypatch.setattr(runner, "decode", stalls_once)
+
+    async def scenario() -> float:
+        generation = engine.submit(dataclasses.replace(request(3), deadline_s=0.5))
+        started = asyncio.get_running_loop().time()
+        with pytest.raises(NoWordInTime):
+            async for _ in generation:
+                pass
+        return asyncio.get_running_loop().time() - started
+
+    assert asyncio.run(scenario()) < 2.5  # the loop's deadline, not the 3 s stall
+    time.sleep(3)  # the stalled step ends; the engine goes on for the next tests

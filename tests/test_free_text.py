@@ -104,10 +104,16 @@ def test_abusive_messages_get_the_guide_without_a_model_call() -> None:
         chat = Conversation()
         events = await chat.stream("GET", "/free-text", params={"message": "야 이 병신아 추천해"})
         assert [name for name, _ in events] == ["challenge", "close"]
-        assert events[-1][1]["data"] == {"recommend": MSG_GUIDE, "challenges": []}
+        # Its own message, so a consumer can tell it from three challenges (the contract's guide answer).
+        assert events[-1][1] == {
+            "status": 200,
+            "message": "챌린지 대신 안내 메시지를 보냈습니다",
+            "data": {"recommend": MSG_GUIDE, "challenges": []},
+        }
         assert events[0][1]["data"] == MSG_GUIDE
         assert chat.engine.requests == []
         response = await chat.plain("POST", "/free-text", json={"message": "꺼져 진짜 꺼져"})
+        assert response.json()["message"] == "챌린지 대신 안내 메시지를 보냈습니다"
         assert response.json()["data"]["challenges"] == []
 
     asyncio.run(scenario())

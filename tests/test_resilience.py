@@ -12,7 +12,7 @@ import pytest
 from pydantic import ValidationError
 
 from service.api.app import create_app
-from service.engine.base import FinishReason
+from service.engine.base import EngineStopped, FinishReason
 from service.logs import redact_url
 from service.recommend.sessions import MemorySessionStore, Session, Turn
 from service.settings import Settings, describe_settings_error
@@ -329,3 +329,50 @@ def test_a_generation_the_engine_cancels_is_a_503_not_a_500() -> None:
 
     events = asyncio.run(scenario())
     assert [name for name, _ in events][-2:] == ["error", "close"] and events[-1][1]["status"] == 503
+
+
+class DeadEngine(ScriptedEngine):
+    """An engine whose decode thread has died."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.alive = False
+
+    def submit(self, request: Any) -> Any:
+        raise EngineStopped("RuntimeError: injected")
+
+
+def test_a_dead_engine_fails_requests_with_503_and_health_and_ready_ask_for_a_restart() -> None:
+    async def scenario() -> list[Any]:
+        app = create_app(Settings(), DeadEngine())
+        app.state.ready.set()
+        async with app_client(app) as client:
+            return [
+                await client.get("/health"),
+                await client.get("/ready"),
+                await app_events(client, "GET", f"{BASE}/base-info", params=ANONYMOUS),
+                await client.post(f"{BASE}/base-info", json=ANONYMOUS),
+            ]
+
+    health, ready, events, answer = asyncio.run(scenario())
+    stopped = {
+        "status": 503,
+        "message": "추천 엔진이 멈춰 이 서버를 다시 시작해야 합니다. 잠시 후 다시 시도해 주세요.",
+        "data": None,
+    }
+    assert (health.status_code, health.json()) == (503, stopped)  # Kubernetes' liveness probe restarts the pod
+    assert (ready.status_code, ready.json()) == (503, stopped)
+    assert events == [("error", stopped), ("close", stopped)]
+    assert (answer.status_code, answer.json()) == (503, stopped)
+
+
+def test_health_names_the_model_file_but_not_where_it_lives() -> None:
+    engine = ScriptedEngine()
+    engine.info.model_path = "/srv/secret/layout/model.gguf"
+
+    async def scenario() -> httpx.Response:
+        async with app_client(create_app(Settings(), engine)) as client:
+            return await client.get("/health")
+
+    health = asyncio.run(scenario())
+    assert health.json()["data"]["model"] == "model.gguf" and "/srv" not in health.text

@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Awaitable
-from typing import Annotated, Any
+from pathlib import Path
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
@@ -14,7 +15,15 @@ from service.api.drain import Drain
 from service.api.page import render_page
 from service.api.sse import event_stream
 from service.metrics import CONTENT_TYPE as METRICS_CONTENT_TYPE
-from service.recommend.contract import MSG_DRAINING, Body, NotReady, ServiceError, ShuttingDown, error_then_close
+from service.recommend.contract import (
+    MSG_DRAINING,
+    Body,
+    EngineDown,
+    NotReady,
+    ServiceError,
+    ShuttingDown,
+    error_then_close,
+)
 from service.recommend.protocol import (
     BaseInfoBody,
     FreeTextBody,
@@ -163,18 +172,35 @@ async def free_text(request: Request, service: ServiceDep, body: FreeTextBody) -
     return await _json_answer(request, service.answer_free_text(checked))
 
 
-@health_router.get("/health", summary="Alive: 200 while the process serves (the model is loaded before it does)")
-async def health(service: ServiceDep) -> dict[str, Any]:
+def _engine_down(service: RecommendationService) -> JSONResponse | None:
+    """503 once the engine can generate nothing more, so that the orchestrator restarts us."""
+    if service.engine.alive:
+        return None
+    return JSONResponse(EngineDown().body().model_dump(mode="json"), status_code=503)
+
+
+@health_router.get("/health", summary="Alive: 200 while the process can serve; 503 once its engine has stopped")
+async def health(service: ServiceDep) -> Response:
+    if (down := _engine_down(service)) is not None:
+        return down
     info = service.engine.info
-    return Body(
+    # The model file's name, not its path: nothing here tells a caller about the host's layout.
+    body = Body(
         status=200,
         message="ok",
-        data={"model": info.model_path, "chatTemplate": info.chat_template, "contextSize": info.context_size},
-    ).model_dump(mode="json")
+        data={
+            "model": Path(info.model_path).name,
+            "chatTemplate": info.chat_template,
+            "contextSize": info.context_size,
+        },
+    )
+    return JSONResponse(body.model_dump(mode="json"))
 
 
 @health_router.get("/ready", summary="Ready: 503 until the model is loaded and warm, and again once draining")
-async def ready(request: Request, drain: DrainDep) -> JSONResponse:
+async def ready(request: Request, service: ServiceDep, drain: DrainDep) -> JSONResponse:
+    if (down := _engine_down(service)) is not None:
+        return down
     if drain.draining:
         body = Body(status=503, message=MSG_DRAINING, data={"draining": True, "inFlight": drain.in_flight})
         return JSONResponse(body.model_dump(mode="json"), status_code=503)

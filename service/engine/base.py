@@ -72,6 +72,15 @@ class PromptDoesNotFit(EngineError):
     """The prompt and the answer's token bound do not fit the context."""
 
 
+class EngineStopped(EngineError):
+    """The decode thread has died: nothing more will be generated until the process restarts."""
+
+
+class NoWordInTime(EngineError):
+    """The decode thread sent nothing for a generation long after its deadline (stuck or gone):
+    the event loop's own deadline ended it."""
+
+
 class Generation(Protocol):
     """One request's output. Iterate it for text pieces: each is whole characters, never half
     a UTF-8 sequence. Errors surface from the iteration as EngineError."""
@@ -96,6 +105,11 @@ class EngineInfo:
 
 class Engine(Protocol):
     info: EngineInfo
+
+    @property
+    def alive(self) -> bool:
+        """False once the engine can generate nothing more (its decode thread died)."""
+        ...
 
     def submit(self, request: GenerationRequest) -> Generation: ...
 

@@ -26,6 +26,7 @@ import numpy as np
 from service.engine.base import (
     ChatMessage,
     EngineError,
+    EngineStopped,
     FinishReason,
     GenerationFailed,
     GenerationRequest,
@@ -88,13 +89,18 @@ class DecodeLoop:
         self._inbox: deque[Work] = deque()
         self._wake = threading.Condition()
         self._closing = False
-        self._thread = threading.Thread(target=self._run, name="llama-decode", daemon=True)
+        # Why the thread ended unexpectedly; None while it runs (issue #21).
+        self.stopped: str | None = None
+        self._thread = threading.Thread(target=self._main, name="llama-decode", daemon=True)
         self._thread.start()
 
     # -- from any thread ---------------------------------------------------------------------
 
     def submit(self, work: Work) -> None:
         with self._wake:
+            if self.stopped is not None:
+                work.payload.emit(EngineStopped(self.stopped))
+                return
             self._inbox.append(work)
             self._wake.notify()
 
@@ -111,6 +117,27 @@ class DecodeLoop:
         self._runner.close()
 
     # -- the loop ----------------------------------------------------------------------------
+
+    def _main(self) -> None:
+        """The loop, and what its death does: every request waiting or running ends at once with
+        EngineStopped, and so does every later one; the app then answers /health with 503 so
+        that the orchestrator restarts the process. Before issue #21 such a death left every
+        stream with pings and no close, and /health said 200."""
+        try:
+            self._run()
+        except BaseException as exc:
+            with self._wake:
+                self.stopped = f"{type(exc).__name__}: {exc}"
+                orphans = [*self._inbox, *self._scheduler.running, *self._scheduler.waiting]
+                self._inbox.clear()
+            logger.critical(
+                "the decode thread died (%s): every request now fails with 503 and /health answers 503 "
+                "until the process is restarted",
+                self.stopped,
+                exc_info=exc,
+            )
+            for work in orphans:
+                work.payload.emit(EngineStopped(self.stopped))
 
     def _run(self) -> None:
         scheduler = self._scheduler

@@ -26,7 +26,15 @@ from pathlib import Path
 import llama_cpp
 from llguidance import LLTokenizer
 
-from service.engine.base import ChatMessage, EngineInfo, GenerationFailed, GenerationRequest, GenerationStats
+from service.engine.base import (
+    ChatMessage,
+    EngineInfo,
+    EngineStopped,
+    GenerationFailed,
+    GenerationRequest,
+    GenerationStats,
+    NoWordInTime,
+)
 from service.engine.chat_template import ChatFormatter
 from service.engine.cpu_share import ThreadGovernor, allowed_cores, read_cpu_sample
 from service.engine.decode_loop import END, DecodeLoop, LoadedModel, new_work
@@ -39,6 +47,9 @@ logger = logging.getLogger(__name__)
 llama_logger = logging.getLogger("llama_cpp")
 
 # llama.cpp's own log levels (ggml_log_level) mapped to ours. Its INFO is chatty load detail.
+# The decode thread enforces each generation's deadline between steps; the event loop gives up
+# this much later, so only a stuck or dead thread ever reaches it.
+BACKSTOP_SLACK_S = 30.0
 _LOG_LEVELS = {1: logging.DEBUG, 2: logging.DEBUG, 3: logging.WARNING, 4: logging.ERROR}
 _last_llama_error: list[str] = []
 _capture_errors = threading.local()
@@ -373,9 +384,15 @@ class LlamaCppEngine:
 
     # -- the async interface -----------------------------------------------------------------
 
+    @property
+    def alive(self) -> bool:
+        return self._decode_loop.stopped is None
+
     def submit(self, request: GenerationRequest) -> _LlamaGeneration:
         if self._closed:
             raise GenerationFailed("engine is closed")
+        if self._decode_loop.stopped is not None:
+            raise EngineStopped(self._decode_loop.stopped)
         return _LlamaGeneration(self, request, asyncio.get_running_loop())
 
     async def aclose(self) -> None:
@@ -394,6 +411,8 @@ class _LlamaGeneration:
         self._loop = loop
         self._queue: asyncio.Queue[object] = asyncio.Queue()
         self._cancelled = threading.Event()
+        # The event loop's own deadline, in case the decode thread never answers (issue #21).
+        self._backstop = None if request.deadline_s is None else loop.time() + request.deadline_s + BACKSTOP_SLACK_S
         engine._decode_loop.submit(new_work(request, self._put, self.stats, self._cancelled))
 
     def _put(self, item: object) -> None:
@@ -408,7 +427,14 @@ class _LlamaGeneration:
 
     async def _pieces(self) -> AsyncIterator[str]:
         while True:
-            item = await self._queue.get()
+            try:
+                async with asyncio.timeout_at(self._backstop):
+                    item = await self._queue.get()
+            except TimeoutError:
+                self._cancelled.set()
+                raise NoWordInTime(
+                    f"nothing from the decode thread {BACKSTOP_SLACK_S:.0f} s past the deadline"
+                ) from None
             if item is END:
                 return
             if isinstance(item, BaseException):

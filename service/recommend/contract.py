@@ -19,6 +19,9 @@ EVENT_CLOSE = "close"
 
 MSG_TOKEN = "토큰 생성"
 MSG_ALL_DONE = "모든 챌린지 추천 완료"
+# The close of a guide answer (blocked words): the contract gives it a message of its own, so a
+# consumer can tell it, and its empty challenges list, from an answer with three challenges.
+MSG_GUIDE_DONE = "챌린지 대신 안내 메시지를 보냈습니다"
 MSG_BASE_INFO_ANSWER = "사용자 기본 정보 키워드 선택을 기반으로 챌린지를 추천합니다."
 MSG_FREE_TEXT_ANSWER = "사용자 자유 메시지를 기반으로 챌린지를 추천합니다."
 
@@ -48,6 +51,7 @@ HTTP_MESSAGES = {
     415: "지원하지 않는 요청 형식입니다. JSON으로 보내 주세요.",
 }
 MSG_PROMPT_TOO_LONG = "요청이 너무 길어 추천을 만들 수 없습니다. 더 짧게 입력해 주세요."
+MSG_ENGINE_STOPPED = "추천 엔진이 멈춰 이 서버를 다시 시작해야 합니다. 잠시 후 다시 시도해 주세요."
 MSG_TURN_IN_PROGRESS = "이 대화의 이전 답변을 아직 작성하고 있습니다. 답변이 끝난 뒤 다시 보내 주세요."
 
 
@@ -146,6 +150,13 @@ class NotReady(ServiceError):
     message = MSG_NOT_READY
 
 
+class EngineDown(ServiceError):
+    """The engine can generate nothing more (its decode thread died): the process must restart."""
+
+    status = 503
+    message = MSG_ENGINE_STOPPED
+
+
 class TurnInProgress(ServiceError):
     """A second turn of a conversation while its first is still being written (issue #20)."""
 
@@ -169,5 +180,5 @@ def token_body(text: str) -> Body:
     return Body(status=200, message=MSG_TOKEN, data=text)
 
 
-def close_body(answer: dict[str, Any]) -> Body:
-    return Body(status=200, message=MSG_ALL_DONE, data=answer)
+def close_body(answer: dict[str, Any], message: str = MSG_ALL_DONE) -> Body:
+    return Body(status=200, message=message, data=answer)

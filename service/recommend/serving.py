@@ -19,7 +19,7 @@ from time import perf_counter
 from pydantic import ValidationError
 
 from service.engine import ChatMessage, Engine, FinishReason, GenerationRequest, GenerationStats
-from service.engine.base import EngineError, PromptDoesNotFit
+from service.engine.base import EngineError, EngineStopped, NoWordInTime, PromptDoesNotFit
 from service.engine.grammar import load_challenge_grammar
 from service.engine.text import hangul_syllables
 from service.logs import request_stats
@@ -33,8 +33,10 @@ from service.recommend.contract import (
     MSG_BASE_INFO_ANSWER,
     MSG_FREE_TEXT_ANSWER,
     MSG_GUIDE,
+    MSG_GUIDE_DONE,
     Body,
     DeadlineExceeded,
+    EngineDown,
     ModelFailure,
     PromptTooLong,
     ServiceError,
@@ -314,7 +316,7 @@ class RecommendationService:
             logger.info("free-text: blocked words, answered with the guide")
             answer = GUIDE_ANSWER
             yield EVENT_CHALLENGE, token_body(render(answer))
-            yield EVENT_CLOSE, close_body(answer.to_data())
+            yield EVENT_CLOSE, close_body(answer.to_data(), MSG_GUIDE_DONE)
             return
         async with self._one_turn(request.session_id):
             job = await self._free_text_job(request)
@@ -324,11 +326,10 @@ class RecommendationService:
 
     async def answer_free_text(self, request: FreeTextRequest) -> Body:
         if self._is_blocked(request.message):
-            answer = GUIDE_ANSWER
-        else:
-            self.admission.check()
-            async with self._one_turn(request.session_id):
-                answer = await self._answer(await self._free_text_job(request))
+            return Body(status=200, message=MSG_GUIDE_DONE, data=GUIDE_ANSWER.to_data())
+        self.admission.check()
+        async with self._one_turn(request.session_id):
+            answer = await self._answer(await self._free_text_job(request))
         return Body(status=200, message=MSG_FREE_TEXT_ANSWER, data=answer.to_data())
 
     # -- one turn at a time per conversation -------------------------------------------------
@@ -391,6 +392,7 @@ class RecommendationService:
             raise contract_error(exc) from exc
         raw: list[str] = []
         renderer = AnswerRenderer()
+        reader_left = False
         metrics.active.inc()
         try:
             async for piece in generation:
@@ -404,6 +406,7 @@ class RecommendationService:
         except EngineError as exc:
             raise contract_error(exc) from exc
         except (GeneratorExit, asyncio.CancelledError):
+            reader_left = True
             metrics.cancelled.inc()
             raise
         finally:
@@ -418,7 +421,10 @@ class RecommendationService:
             metrics.tokens.inc(stats.generated_tokens)
             metrics.forced_tokens.inc(stats.forced_tokens)
             metrics.preemptions.inc(stats.preemptions)
-            metrics.generations.labels(finish=str(stats.finish_reason or "cancelled")).inc()
+            # The reader's leaving is the real reason: the engine has not noticed it yet, and
+            # what it noted so far is a placeholder (issue #21: 38 such were counted as length).
+            finish = FinishReason.CANCELLED if reader_left else stats.finish_reason or FinishReason.CANCELLED
+            metrics.generations.labels(finish=str(finish)).inc()
             if stats.tokens_per_second:
                 metrics.tokens_per_second.observe(stats.tokens_per_second)
             request_stats().update(tokens=stats.generated_tokens, first_piece_s=job.first_piece_seconds)
@@ -479,6 +485,10 @@ def contract_error(exc: EngineError) -> ServiceError:
     """The one place where what the engine could not do becomes the contract's error."""
     if isinstance(exc, PromptDoesNotFit):
         return PromptTooLong(detail=str(exc))
+    if isinstance(exc, EngineStopped):
+        return EngineDown(detail=str(exc))
+    if isinstance(exc, NoWordInTime):
+        return DeadlineExceeded(detail=str(exc))
     return ModelFailure(detail=str(exc))
 
 
