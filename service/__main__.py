@@ -37,6 +37,7 @@ def open_session_store(settings: Settings) -> SessionStore:
             settings.max_turns,
             settings.session_idle_s,
             turn_lease_s=settings.session_lock_s,
+            timeout_s=settings.session_timeout_s,
         )
 
     async def ping() -> None:

@@ -52,6 +52,16 @@ class Metrics:
             "leafresh_deadline_exceeded", "Requests ended by a deadline", ["stage"], registry=r
         )
         self.rejected = Counter("leafresh_rejected", "Requests refused because the queue was full", registry=r)
+        self.session_save_failures = Counter(
+            "leafresh_session_save_failures",
+            "Answers delivered whose turn could not be written to the session store",
+            registry=r,
+        )
+        self.sessions_reset = Counter(
+            "leafresh_sessions_reset",
+            "Stored sessions this release could not read, started again",
+            registry=r,
+        )
         self.turns_refused = Counter(
             "leafresh_turns_refused",
             "Turns refused with 409 because another turn of the same conversation was running",

@@ -133,6 +133,12 @@ class Settings(BaseSettings):
         default=10000, ge=1, description="Conversations kept in memory at most (least recently used go first)."
     )
     max_turns: int = Field(default=20, ge=1, le=1000, description="Turns kept per conversation (oldest go first).")
+    session_timeout_s: float = Field(
+        default=2.0,
+        ge=0.05,
+        le=30,
+        description="With Redis sessions: the longest any one Redis operation (connect, read, write, lock) may take.",
+    )
     session_lock_s: float = Field(
         default=10.0,
         ge=2,

@@ -3,10 +3,6 @@ the production model made here), and a real server process."""
 
 from __future__ import annotations
 
-import shutil
-import socket
-import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -14,8 +10,8 @@ import pytest
 
 from service.engine.model_files import embedded_model_path
 from tests.support.models import MODEL_CACHE, make_test_standin
-from tests.support.redis import RedisServer
-from tests.support.service_process import ServiceProcess, free_port
+from tests.support.redis import RedisServer, start_redis
+from tests.support.service_process import ServiceProcess
 
 
 @pytest.fixture(scope="session")
@@ -62,32 +58,10 @@ def server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callabl
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """A real redis-server on a free loopback port (`make test` installs the Debian package)."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        pytest.fail("redis-server is not installed: run `make test`, which installs it (Debian package redis-server)")
-    port = free_port()
-    workdir = tmp_path_factory.mktemp("redis")
-    process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.5) as sock:
-                sock.sendall(b"PING\r\n")
-                if sock.recv(16).startswith(b"+PONG"):
-                    break
-        except OSError:
-            if time.monotonic() > deadline:
-                process.kill()
-                raise
-            time.sleep(0.1)
-    yield RedisServer(process, port)
-    process.terminate()
-    process.wait(timeout=10)
+    """A real redis-server on a free loopback port, shared by the session-store tests."""
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.stop()
 
 
 # Tests that run a real model (directly or through a service process): `make test-fast` leaves

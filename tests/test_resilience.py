@@ -376,3 +376,20 @@ def test_health_names_the_model_file_but_not_where_it_lives() -> None:
 
     health = asyncio.run(scenario())
     assert health.json()["data"]["model"] == "model.gguf" and "/srv" not in health.text
+
+
+class UnwritableStore(MemorySessionStore):
+    async def apply(self, session_id: str, update: Any) -> None:
+        raise ConnectionError("the store stopped answering")
+
+
+def test_a_turn_that_cannot_be_saved_is_still_answered_and_counted() -> None:
+    async def scenario() -> tuple[list[tuple[str, Any]], str]:
+        app = create_app(Settings(), ScriptedEngine(), UnwritableStore(10, 5, 60))
+        async with app_client(app) as client:
+            events = await app_events(client, "GET", f"{BASE}/base-info", params=QUERY)
+            return events, (await client.get("/metrics")).text
+
+    events, metrics = asyncio.run(scenario())
+    assert events[-1][1]["status"] == 200
+    assert "leafresh_session_save_failures_total 1.0" in metrics

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import signal
 import subprocess
 import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -15,13 +18,14 @@ import pytest
 from service.recommend.sessions import (
     MemorySessionStore,
     RedisSessionStore,
+    Session,
     SessionBusy,
     SessionCorrupt,
     SessionStore,
     SessionUpdate,
     Turn,
 )
-from tests.support.redis import RedisServer
+from tests.support.redis import RedisServer, start_redis
 from tests.support.service_process import ROOT
 
 
@@ -261,3 +265,55 @@ def test_a_replica_killed_holding_a_turn_frees_the_conversation_after_one_lease(
         return freed_after
 
     assert run(scenario()) < 2 + 1  # one lease, plus the polling
+
+
+# -- sessions as faults leave them (issue #21) -------------------------------------------------
+
+
+def test_a_stored_session_this_release_cannot_read_is_started_again_and_not_renewed(redis_server: RedisServer) -> None:
+    async def scenario() -> None:
+        prefix = f"t:{uuid.uuid4().hex}:"
+        store = RedisSessionStore(redis_server.url, 3, 3600, prefix=prefix)
+        resets: list[int] = []
+        store.on_reset = lambda: resets.append(1)
+        redis = store._redis
+        # A turn in an older shape, written by another release.
+        await redis.hset(f"{prefix}fields:old", mapping={"category": "VEGAN", "base_category": "VEGAN"})
+        await redis.rpush(f"{prefix}turns:old", json.dumps({"text": "옛 모양의 턴"}))
+        await redis.expire(f"{prefix}turns:old", 100)
+        assert await store.load("old") == Session()
+        assert resets == [1] and await redis.exists(f"{prefix}fields:old", f"{prefix}turns:old") == 0
+        # A category code this release does not know is repaired in place; the turns are kept.
+        await store.apply("new", update(1, "VEGAN", reset=True))
+        await redis.hset(f"{prefix}fields:new", mapping={"category": "NEW_CATEGORY", "location": "우주"})
+        session = await store.load("new")
+        assert (session.category, session.base_category, session.location) == ("ZERO_WASTE", "VEGAN", None)
+        assert [turn.message for turn in session.turns] == ["메시지 1"] and resets == [1]
+        await store.aclose()
+
+    run(scenario())
+
+
+def test_a_redis_that_stops_answering_fails_each_call_within_its_timeout(tmp_path: Path) -> None:
+    frozen = start_redis(tmp_path)
+
+    async def scenario() -> list[float]:
+        store = RedisSessionStore(frozen.url, 3, 3600, prefix="t:", timeout_s=0.3)
+        await store.apply("S", update(1, reset=True))
+        frozen.process.send_signal(signal.SIGSTOP)
+        took = []
+        for call in (lambda: store.load("S"), lambda: store.apply("S", update(2)), lambda: store.hold("S", 60)):
+            started = time.monotonic()
+            with pytest.raises(Exception):  # noqa: B017 - a timeout, in whichever form the client raises it
+                await call()
+            took.append(time.monotonic() - started)
+        frozen.process.send_signal(signal.SIGCONT)
+        await store.aclose()
+        return took
+
+    try:
+        took = run(scenario())
+    finally:
+        frozen.process.send_signal(signal.SIGCONT)
+        frozen.stop()
+    assert all(seconds < 2 for seconds in took), took  # 0.3 s each, with room for a busy machine

@@ -111,6 +111,7 @@ class RecommendationService:
         self.settings = settings
         self.sessions = sessions
         self.metrics = metrics or Metrics()
+        sessions.on_reset = self.metrics.sessions_reset.inc
         # As many generations at once as the engine batches; the rest wait in the queue.
         self.admission = Admission(
             slots=settings.parallel,
@@ -363,6 +364,7 @@ class RecommendationService:
         try:
             await self.sessions.apply(session_id, update)
         except Exception as exc:  # noqa: BLE001 - the answer is still good: deliver it, say so in the log
+            self.metrics.session_save_failures.inc()
             logger.error("session %s not saved: %s: %s", session_id[:8], type(exc).__name__, exc)
 
     def _request(self, messages: tuple[ChatMessage, ...]) -> GenerationRequest:

@@ -25,11 +25,12 @@ import json
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from typing import Any, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from service.recommend.catalog import DEFAULT_CATEGORY_CODE
+from service.recommend.catalog import DEFAULT_CATEGORY_CODE, find_category, find_location, find_work_type
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,20 @@ class Turn(BaseModel):
     titles: list[str] = Field(default_factory=list)
     category: str
 
+    @field_validator("category", mode="before")
+    @classmethod
+    def _known_category(cls, value: object) -> object:
+        return _known_code(value)
+
+
+def _known_code(value: object) -> object:
+    """A category code this release knows, else the default: a session written by another release
+    during a rolling deploy is repaired, never an error on every call of its user (issue #21)."""
+    if isinstance(value, str):
+        category = find_category(value)
+        return value if category is not None and category.code == value else DEFAULT_CATEGORY_CODE
+    return value
+
 
 class Session(BaseModel):
     model_config = ConfigDict(frozen=True)
@@ -54,6 +69,21 @@ class Session(BaseModel):
     location: str | None = None
     work_type: str | None = None
     turns: list[Turn] = Field(default_factory=list)
+
+    @field_validator("base_category", "category", mode="before")
+    @classmethod
+    def _known_category(cls, value: object) -> object:
+        return _known_code(value)
+
+    @field_validator("location", mode="before")
+    @classmethod
+    def _known_location(cls, value: object) -> object:
+        return find_location(value) if isinstance(value, str) else value
+
+    @field_validator("work_type", mode="before")
+    @classmethod
+    def _known_work_type(cls, value: object) -> object:
+        return find_work_type(value) if isinstance(value, str) else value
 
 
 class SessionUpdate(BaseModel):
@@ -80,6 +110,9 @@ class TurnHold(Protocol):
 
 
 class SessionStore(Protocol):
+    # Called once for each stored session that could not be read and was started again.
+    on_reset: Callable[[], None] | None
+
     async def load(self, session_id: str) -> Session:
         """The session, or a new one (제로웨이스트, no history) if there is none."""
         ...
@@ -126,6 +159,7 @@ class MemorySessionStore:
         self._lock = asyncio.Lock()
         # Conversations with a turn running. A hold ends with its turn, and the process with it.
         self._busy: set[str] = set()
+        self.on_reset: Callable[[], None] | None = None  # what this process wrote, it can read
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -223,14 +257,21 @@ class RedisSessionStore:
         idle_ttl_s: float,
         prefix: str = "leafresh:session:",
         turn_lease_s: float = 10.0,
+        timeout_s: float = 2.0,
     ) -> None:
         from redis import asyncio as redis_asyncio
 
-        self._redis: Any = redis_asyncio.from_url(url, decode_responses=True)
+        # Explicit bounds, not the client's defaults (none before redis-py 6): a Redis that stops
+        # answering costs each call at most timeout_s, never a stream's slot for half a minute.
+        self._redis: Any = redis_asyncio.from_url(
+            url, decode_responses=True, socket_connect_timeout=timeout_s, socket_timeout=timeout_s
+        )
         self.max_turns = max_turns
         self.idle_ttl_s = max(1, int(idle_ttl_s))
         self.prefix = prefix
         self.turn_lease_s = turn_lease_s
+        self.timeout_s = timeout_s
+        self.on_reset: Callable[[], None] | None = None
 
     def _keys(self, session_id: str) -> tuple[str, str]:
         # The kind comes before the id: with the id last, "V" + ":turns" was session
@@ -241,26 +282,46 @@ class RedisSessionStore:
         await self._redis.ping()
 
     async def load(self, session_id: str) -> Session:
-        fields_key, turns_key = self._keys(session_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hgetall(fields_key)
-            pipe.lrange(turns_key, 0, -1)
-            pipe.expire(fields_key, self.idle_ttl_s)
-            pipe.expire(turns_key, self.idle_ttl_s)
-            fields, turns, _, _ = await pipe.execute()
-        if not fields:
-            return Session()
-        return Session(
-            base_category=fields.get("base_category", DEFAULT_CATEGORY_CODE),
-            category=fields.get("category", DEFAULT_CATEGORY_CODE),
-            location=fields.get("location") or None,
-            work_type=fields.get("work_type") or None,
-            turns=[Turn.model_validate_json(turn) for turn in turns],
-        )
+        """The session, renewed; one this release cannot read (a turn in an older shape) is
+        reset, not renewed, and counted (issue #21: it failed every call of its user, and each
+        failed read kept it alive)."""
+        async with asyncio.timeout(self.timeout_s):
+            fields_key, turns_key = self._keys(session_id)
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hgetall(fields_key)
+                pipe.lrange(turns_key, 0, -1)
+                fields, turns = await pipe.execute()
+            if not fields:
+                return Session()
+            try:
+                session = Session(
+                    base_category=fields.get("base_category", DEFAULT_CATEGORY_CODE),
+                    category=fields.get("category", DEFAULT_CATEGORY_CODE),
+                    location=fields.get("location") or None,
+                    work_type=fields.get("work_type") or None,
+                    turns=[Turn.model_validate_json(turn) for turn in turns],
+                )
+            except ValidationError as exc:
+                # Field names only: the values hold the user's messages.
+                places = sorted({".".join(str(part) for part in error["loc"]) for error in exc.errors()})
+                logger.warning("session %s could not be read (%s): started again", session_id[:8], places)
+                await self._redis.delete(fields_key, turns_key)
+                if self.on_reset is not None:
+                    self.on_reset()
+                return Session()
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.expire(fields_key, self.idle_ttl_s)
+                pipe.expire(turns_key, self.idle_ttl_s)
+                await pipe.execute()
+            return session
 
     async def apply(self, session_id: str, update: SessionUpdate) -> None:
         """All of the update or none of it: MULTI does not roll back a command that fails, so
         the keys' types are checked under WATCH first, and a concurrent write retries."""
+        async with asyncio.timeout(self.timeout_s):
+            await self._apply(session_id, update)
+
+    async def _apply(self, session_id: str, update: SessionUpdate) -> None:
         from redis.exceptions import WatchError
 
         fields_key, turns_key = self._keys(session_id)
@@ -295,7 +356,9 @@ class RedisSessionStore:
         lock = self._redis.lock(
             f"{self.prefix}lock:{session_id}", timeout=self.turn_lease_s, blocking=False, thread_local=False
         )
-        if not await lock.acquire():
+        async with asyncio.timeout(self.timeout_s):
+            acquired = await lock.acquire()
+        if not acquired:
             raise SessionBusy(session_id)
         return _RedisHold(lock, self.turn_lease_s, longest_s)
 
