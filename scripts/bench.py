@@ -309,6 +309,8 @@ def bench_service(model: Path, env: dict[str, str], log_path: Path | None = None
         "LEAFRESH_MAX_QUEUE": "64",
         "LEAFRESH_QUEUE_TIMEOUT_S": "600",
         "LEAFRESH_GENERATION_TIMEOUT_S": "600",
+        # A benchmark has no relay in front to give up; these waits must still pass the settings' check.
+        "LEAFRESH_RELAY_TIMEOUT_S": "1800",
     }
     return ServiceProcess({**settings, **env}, log_path=log_path).wait("/ready")
 

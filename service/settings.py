@@ -11,6 +11,11 @@ from typing import Literal
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# Time the error and close events need to reach the relay after a deadline ends a request.
+CLOSE_MARGIN_S = 10.0
+# Below this an auto deadline would fail even fast machines' answers.
+MIN_AUTO_DEADLINE_S = 60.0
+
 
 class Settings(BaseSettings):
     # Configured on this class only: a global pydantic setting would leak into other code.
@@ -87,7 +92,10 @@ class Settings(BaseSettings):
         description="Fixed sampling seed (same prompt and cache layout, same answer). Empty: a new seed per request.",
     )
     ping_interval_s: float = Field(
-        default=15.0, gt=0, le=300, description="Seconds between keep-alive comments on a stream."
+        default=15.0,
+        ge=0.1,
+        le=15,
+        description="Seconds between keep-alive comments on a stream (the contract: at least every 15 s).",
     )
     max_message_chars: int = Field(default=500, ge=5, le=10000, description="Longest free-text message accepted.")
     max_body_bytes: int = Field(
@@ -99,18 +107,28 @@ class Settings(BaseSettings):
     max_queue: int = Field(
         default=16, ge=0, le=10000, description="Requests that may wait for the engine; beyond, 503 + Retry-After."
     )
-    queue_timeout_s: float = Field(default=60.0, gt=0, le=3600, description="Longest wait for the engine before 503.")
+    queue_timeout_s: float = Field(default=60.0, ge=0.1, le=3600, description="Longest wait for the engine before 503.")
     generation_timeout_s: float | Literal["auto"] = Field(
         default="auto",
         description=(
             "Longest generation before 504, in seconds, or auto: the time the longest answer takes at the decode "
-            "speed measured at warm-up, with a quarter to spare, between 120 and 280 s (the Spring relay gives up at 300 s)."
+            "speed measured at warm-up, with a quarter to spare, at least 120 s and at most what the relay leaves after "
+            "the queue (LEAFRESH_RELAY_TIMEOUT_S - LEAFRESH_QUEUE_TIMEOUT_S - 10 s, at most 280 s)."
+        ),
+    )
+    relay_timeout_s: float = Field(
+        default=300.0,
+        ge=30,
+        le=3600,
+        description=(
+            "How long the consumer in front waits for a stream's close (the Spring relay's emitter: 300 s); "
+            "queue wait plus generation deadline must end before it."
         ),
     )
     retry_after_s: int = Field(default=5, ge=1, le=3600, description="Retry-After seconds sent with 503.")
     send_timeout_s: float = Field(
         default=30.0,
-        gt=0,
+        ge=1,
         le=600,
         description="A stream whose reader takes longer than this to accept one event is dropped.",
     )
@@ -130,7 +148,10 @@ class Settings(BaseSettings):
         default=3600.0, gt=0, le=30 * 86400, description="A conversation idle this long is forgotten."
     )
     max_sessions: int = Field(
-        default=10000, ge=1, description="Conversations kept in memory at most (least recently used go first)."
+        default=10000,
+        ge=1,
+        le=1_000_000,
+        description="Conversations kept in memory at most (least recently used go first).",
     )
     max_turns: int = Field(default=20, ge=1, le=1000, description="Turns kept per conversation (oldest go first).")
     session_timeout_s: float = Field(
@@ -175,9 +196,45 @@ class Settings(BaseSettings):
     @field_validator("generation_timeout_s")
     @classmethod
     def _timeout_in_range(cls, value: float | str) -> float | str:
-        if not isinstance(value, str) and not 0 < value <= 3600:
-            raise ValueError("must be auto or a number of seconds above 0 and at most 3600")
+        if not isinstance(value, str) and not 1 <= value <= 3600:
+            raise ValueError("must be auto or a number of seconds from 1 to 3600")
         return value
+
+    @model_validator(mode="after")
+    def _answers_end_before_the_relay_gives_up(self) -> Settings:
+        # A request may wait in the queue, then generate until its deadline; the consumer in front
+        # must still be there to read its close (issue #21: 60 + 280 s passed the relay's 300).
+        if self.generation_timeout_s != "auto":
+            longest = self.queue_timeout_s + self.generation_timeout_s
+            if longest > self.relay_timeout_s - CLOSE_MARGIN_S:
+                raise ValueError(
+                    f"LEAFRESH_QUEUE_TIMEOUT_S={self.queue_timeout_s:g} + LEAFRESH_GENERATION_TIMEOUT_S="
+                    f"{self.generation_timeout_s:g} = {longest:g} s passes LEAFRESH_RELAY_TIMEOUT_S={self.relay_timeout_s:g} "
+                    f"less {CLOSE_MARGIN_S:g} s for the close by {longest - self.relay_timeout_s + CLOSE_MARGIN_S:g} s: "
+                    "lower one of them"
+                )
+        elif self.queue_timeout_s > self.relay_timeout_s - CLOSE_MARGIN_S - MIN_AUTO_DEADLINE_S:
+            raise ValueError(
+                f"LEAFRESH_QUEUE_TIMEOUT_S={self.queue_timeout_s:g} leaves the generation less than "
+                f"{MIN_AUTO_DEADLINE_S:g} s before LEAFRESH_RELAY_TIMEOUT_S={self.relay_timeout_s:g}: lower it"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _every_running_request_fits_a_step(self) -> Settings:
+        # Each step carries one token of every running request: more of them than a step holds
+        # cannot all move (issue #21: PARALLEL=64 with BATCH_SIZE=8 was accepted).
+        if self.parallel > self.batch_size:
+            raise ValueError(
+                f"LEAFRESH_PARALLEL={self.parallel} is more than LEAFRESH_BATCH_SIZE={self.batch_size}: "
+                "raise the batch size or lower the parallel requests"
+            )
+        return self
+
+    @property
+    def auto_deadline_ceiling_s(self) -> float:
+        """The longest generation deadline that still lets a queued request's close reach the relay."""
+        return self.relay_timeout_s - CLOSE_MARGIN_S - self.queue_timeout_s
 
     @field_validator("shutdown_grace_s")
     @classmethod

@@ -53,7 +53,7 @@ def test_a_full_queue_is_refused_with_503_and_retry_after() -> None:
 
 def test_waiting_too_long_for_the_engine_ends_with_503() -> None:
     async def scenario() -> None:
-        app = create_app(Settings(max_queue=4, queue_timeout_s=0.05, parallel=1), ScriptedEngine(delay_s=0.01))
+        app = create_app(Settings(max_queue=4, queue_timeout_s=0.2, parallel=1), ScriptedEngine(delay_s=0.01))
         async with app_client(app) as client:
             first = asyncio.create_task(app_events(client, "GET", f"{BASE}/base-info", params=ANONYMOUS))
             await asyncio.sleep(0.02)
@@ -68,7 +68,7 @@ def test_waiting_too_long_for_the_engine_ends_with_503() -> None:
 
 def test_a_generation_past_its_deadline_ends_with_504() -> None:
     async def scenario() -> None:
-        app = create_app(Settings(generation_timeout_s=0.05), ScriptedEngine(delay_s=0.01))
+        app = create_app(Settings(generation_timeout_s=1), ScriptedEngine(delay_s=0.03))
         async with app_client(app) as client:
             events = await app_events(client, "GET", f"{BASE}/base-info", params=QUERY)
             metrics = (await client.get("/metrics")).text

@@ -4,8 +4,10 @@ default) a deadline that follows the decode speed this machine showed at warm-up
 Why: the production model (Mistral-7B-Instruct-v0.3 Q4_K_M) on 2 CPU cores decodes about 3.6
 tokens/s, and its tokenizer spends about 2.25 tokens per Korean syllable of our answer's JSON, so
 one answer takes minutes. A fixed 120 s deadline failed every such request with 504 (issue #11),
-while the tiny models and any GPU finish in seconds. Past 280 s nothing is gained: the Spring
-relay gives up on a stream after 300 s, so the deadline must leave it time to see ``close``.
+while the tiny models and any GPU finish in seconds. Past what the relay waits for nothing is
+gained: the Spring relay gives up on a stream after 300 s, and a request may first have waited
+in the queue, so the deadline ends early enough for the relay to see ``close`` even then (the
+ceiling, from the settings: relay wait - queue timeout - 10 s; 230 s by default).
 """
 
 from __future__ import annotations
@@ -58,9 +60,13 @@ class DeadlinePlan:
         )
 
 
-def plan_deadline(tokens_per_s: float, typical_answer_tokens: int, longest_answer_tokens: int) -> DeadlinePlan:
+def plan_deadline(
+    tokens_per_s: float, typical_answer_tokens: int, longest_answer_tokens: int, ceiling_s: float = AUTO_MAX_S
+) -> DeadlinePlan:
     """The auto deadline: time for the longest answer at the measured speed, with a margin,
-    never under ``AUTO_MIN_S`` (a slow moment must not fail fast machines) nor over ``AUTO_MAX_S``."""
-    wanted = MARGIN * longest_answer_tokens / tokens_per_s if tokens_per_s > 0 else AUTO_MAX_S
-    deadline = min(max(wanted, AUTO_MIN_S), AUTO_MAX_S)
+    never under ``AUTO_MIN_S`` (a slow moment must not fail fast machines) nor over ``AUTO_MAX_S``
+    or ``ceiling_s`` (what the relay leaves after the queue)."""
+    highest = min(AUTO_MAX_S, ceiling_s)
+    wanted = MARGIN * longest_answer_tokens / tokens_per_s if tokens_per_s > 0 else highest
+    deadline = min(max(wanted, min(AUTO_MIN_S, highest)), highest)
     return DeadlinePlan(deadline, tokens_per_s, typical_answer_tokens, longest_answer_tokens)

@@ -123,7 +123,7 @@ class RecommendationService:
         self.max_tokens = answer_token_budget()
         timeout = settings.generation_timeout_s
         # auto: generous until warm-up has measured this machine's speed (see service.recommend.deadline).
-        self.generation_deadline_s = AUTO_MAX_S if timeout == "auto" else timeout
+        self.generation_deadline_s = min(AUTO_MAX_S, settings.auto_deadline_ceiling_s) if timeout == "auto" else timeout
         grace = settings.shutdown_grace_s
         # How long a draining replica lets what it accepted finish (service.api.drain).
         self.shutdown_grace_s = AUTO_GRACE_UNMEASURED_S if grace == "auto" else grace
@@ -174,7 +174,9 @@ class RecommendationService:
         speed = stats.decode_steps / stats.decode_seconds if stats.decode_seconds > 0 else 0.0
         per_syllable = self.engine.count_text_tokens(EXAMPLE_ANSWER) / hangul_syllables(EXAMPLE_ANSWER)
         longest = min(self.max_tokens, math.ceil(load_challenge_grammar().max_bytes() / 3 * per_syllable))
-        plan = plan_deadline(speed, round(TYPICAL_ANSWER_SYLLABLES * per_syllable), longest)
+        plan = plan_deadline(
+            speed, round(TYPICAL_ANSWER_SYLLABLES * per_syllable), longest, self.settings.auto_deadline_ceiling_s
+        )
         if self.settings.generation_timeout_s == "auto":
             self.generation_deadline_s = plan.deadline_s
             logger.info("generation deadline: %s", plan.describe())
