@@ -74,6 +74,13 @@ def main() -> int:
         sys.stderr.write(f"leafresh: {exc}\n")
         return 2
     logger.info("serving on http://%s:%d", settings.host, settings.port)
+    if settings.api_token is None:
+        logger.warning(
+            "LEAFRESH_API_TOKEN is not set: anyone who can reach %s:%d can use every endpoint and read or steer any "
+            "conversation by its sessionId; set a token, or keep the port reachable by the relay alone",
+            settings.host,
+            settings.port,
+        )
     # uvicorn re-raises a signal that stopped it to the handler it found: with this one, a
     # shutdown ends with exit status 0 instead of "killed by SIGTERM".
     signal.signal(signal.SIGTERM, lambda *_: None)

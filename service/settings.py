@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Time the error and close events need to reach the relay after a deadline ends a request.
@@ -173,6 +173,18 @@ class Settings(BaseSettings):
         default="씨발,시발,병신,개새끼,좆,꺼져,닥쳐,fuck",
         description="Comma-separated words that get the chatbot's guide instead of a model call.",
     )
+    api_token: SecretStr | None = Field(
+        default=None,
+        description=(
+            "Shared token every request but /health and /ready must carry (Authorization: Bearer ...). "
+            "Empty: anyone who can reach the port can use every endpoint."
+        ),
+    )
+    allowed_hosts: str = Field(
+        default="",
+        description="Comma-separated Host names the service answers to (*.example.com allowed). Empty: any.",
+    )
+    docs_enabled: bool = Field(default=False, description="Serve /docs and /openapi.json.")
     page_enabled: bool = Field(
         default=True, description="Serve the page at / to try the service in a browser; false answers 404 there."
     )
@@ -263,10 +275,14 @@ class Settings(BaseSettings):
         return self
 
     @property
+    def allowed_host_list(self) -> tuple[str, ...]:
+        return tuple(name.strip().lower() for name in self.allowed_hosts.split(",") if name.strip())
+
+    @property
     def blocked_word_list(self) -> tuple[str, ...]:
         return tuple(word.strip().lower() for word in self.blocked_words.split(",") if word.strip())
 
-    @field_validator("model_path", "session_url", mode="before")
+    @field_validator("model_path", "session_url", "api_token", mode="before")
     @classmethod
     def _empty_is_default(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value

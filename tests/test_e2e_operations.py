@@ -141,6 +141,7 @@ def test_sigterm_drains_an_answer_in_flight_refuses_new_ones_then_exits(
     timeline["exit_s"] = time.monotonic() - started
     log = leaving.log()
     assert "Traceback" not in log and "every accepted request ended on its own" in log
+    assert log.count("LEAFRESH_API_TOKEN is not set") == 1  # said once, at start-up
     ARTIFACTS.mkdir(exist_ok=True)
     (ARTIFACTS / "drain-timeline.json").write_text(json.dumps(timeline, indent=1))
 

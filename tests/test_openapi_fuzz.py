@@ -14,7 +14,7 @@ from service.api.app import create_app
 from service.settings import Settings
 from tests.fakes import ScriptedEngine
 
-schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(Settings(), ScriptedEngine()))
+schema = schemathesis.openapi.from_asgi("/openapi.json", create_app(Settings(docs_enabled=True), ScriptedEngine()))
 
 
 @schema.parametrize()

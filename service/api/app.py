@@ -15,6 +15,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service.api.bodylimit import BodyLimitMiddleware
 from service.api.drain import Drain, InFlightMiddleware
+from service.api.exposure import ExposureMiddleware
 from service.api.page import render_page
 from service.api.routes import RECOMMENDATION_PREFIX, error_response, health_router, page_router, router
 from service.engine import Engine
@@ -81,11 +82,16 @@ def create_app(settings: Settings, engine: Engine, sessions: SessionStore | None
         await engine.aclose()
         await store.aclose()
 
+    docs = settings.docs_enabled
     app = FastAPI(
         title="Leafresh challenge recommender",
         version="0.1.0",
         lifespan=lifespan,
         description="Streams three Korean eco-friendly challenges over Server-Sent Events (see CONTRACT.md).",
+        # The API's map is for developers, not for whoever reaches the port (issue #21).
+        docs_url="/docs" if docs else None,
+        redoc_url=None,
+        openapi_url="/openapi.json" if docs else None,
     )
     app.state.settings = settings
     app.state.service = service
@@ -94,6 +100,8 @@ def create_app(settings: Settings, engine: Engine, sessions: SessionStore | None
     app.state.drain = Drain()
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     app.add_middleware(InFlightMiddleware, drain=app.state.drain, prefix=RECOMMENDATION_PREFIX)
+    token = settings.api_token.get_secret_value() if settings.api_token is not None else None
+    app.add_middleware(ExposureMiddleware, token=token, allowed_hosts=settings.allowed_host_list)
     app.add_middleware(RequestIdMiddleware)
     app.include_router(router)
     app.include_router(health_router)

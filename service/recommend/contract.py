@@ -52,6 +52,7 @@ HTTP_MESSAGES = {
 }
 MSG_PROMPT_TOO_LONG = "요청이 너무 길어 추천을 만들 수 없습니다. 더 짧게 입력해 주세요."
 MSG_ENGINE_STOPPED = "추천 엔진이 멈춰 이 서버를 다시 시작해야 합니다. 잠시 후 다시 시도해 주세요."
+MSG_UNAUTHORIZED = "인증 토큰이 없거나 올바르지 않습니다."
 MSG_TURN_IN_PROGRESS = "이 대화의 이전 답변을 아직 작성하고 있습니다. 답변이 끝난 뒤 다시 보내 주세요."
 
 
@@ -148,6 +149,13 @@ class ShuttingDown(ServiceError):
 class NotReady(ServiceError):
     status = 503
     message = MSG_NOT_READY
+
+
+class Unauthorized(ServiceError):
+    """LEAFRESH_API_TOKEN is set and the request did not carry it."""
+
+    status = 401
+    message = MSG_UNAUTHORIZED
 
 
 class EngineDown(ServiceError):
