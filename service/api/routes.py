@@ -30,6 +30,7 @@ from service.recommend.protocol import (
     decode_twice_encoded,
     parse_base_info,
     parse_free_text,
+    single_values,
 )
 from service.recommend.serving import RecommendationService
 
@@ -124,6 +125,11 @@ def _query(value: str | None) -> str | None:
     return decode_twice_encoded(value) if value is not None else None
 
 
+def _one_of_each(request: Request, *names: str) -> None:
+    query = {name: request.query_params.getlist(name) for name in names}
+    single_values(query, names)
+
+
 @router.get("/base-info", summary="Stream three challenges for a place, a kind of work and a category")
 async def base_info_stream(
     request: Request,
@@ -133,6 +139,7 @@ async def base_info_stream(
     workType: str | None = None,
     category: str | None = None,
 ) -> Response:
+    _one_of_each(request, "sessionId", "location", "workType", "category")
     values = {
         "sessionId": _query(sessionId),
         "location": _query(location),
@@ -158,6 +165,7 @@ async def free_text_stream(
     sessionId: str | None = None,
     message: str | None = None,
 ) -> Response:
+    _one_of_each(request, "sessionId", "message")
     checked = parse_free_text(
         {"sessionId": _query(sessionId), "message": _query(message)}, service.settings.max_message_chars
     )

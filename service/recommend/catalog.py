@@ -6,6 +6,7 @@ values are matched after trimming; category codes also match case-insensitively.
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import dataclass, field
 
 
@@ -83,8 +84,8 @@ WORK_TYPES: dict[str, str] = {"사무직": "사무직", "현장직": "현장직"
 
 DEFAULT_CATEGORY_CODE = "ZERO_WASTE"
 
-# Free-text words that steer the conversation (CONTRACT.md, Sessions). Matched with spaces
-# removed, so "다른 거" and "다른거" are the same.
+# Free-text words that steer the conversation (CONTRACT.md, Sessions). Matched at a word start
+# with spaces removed, so "다른 거" and "다른거" are the same.
 BACK_TO_BASE_WORDS: tuple[str, ...] = ("원래대로", "원래", "처음", "이전", "기존")
 SOMETHING_ELSE_WORDS: tuple[str, ...] = ("아무거나", "다른거", "새로운거", "딴거")
 
@@ -104,6 +105,26 @@ WORK_TYPE_WORDS: dict[str, tuple[str, ...]] = {
 }
 
 
+# Ordinary words that only begin like a category keyword or a blocked word: where the message
+# has one of these, that keyword or blocked word is not there (service/recommend/korean.py).
+# Keyed by the word in its normal form; a phrase with a space also matches without it.
+ORDINARY_WORDS: dict[str, tuple[str, ...]] = {
+    # blocked words
+    "시발": ("시발역", "시발점", "시발택시"),
+    "꺼져": ("꺼져 있", "꺼져서", "꺼져요", "꺼져가", "꺼져 버", "꺼져도", "꺼져야", "꺼져 가"),
+    "닥쳐": ("닥쳐오", "닥쳐온", "닥쳐올", "닥쳐와"),
+    # category keywords
+    "책": ("책상", "책임", "책정", "책략", "책망"),
+    "고기": ("고기압",),
+    "포장": ("포장마차",),
+    "공유": ("공유기",),
+    "중고": ("중고등", "중고생"),
+    "수선": ("수선화",),
+    # kinds of work
+    "영업": ("영업시간", "영업일"),
+}
+
+
 def _category_index() -> dict[str, Category]:
     index: dict[str, Category] = {}
     for category in CATEGORIES:
@@ -113,7 +134,11 @@ def _category_index() -> dict[str, Category]:
 
 
 def _fold(value: str) -> str:
-    return value.strip().upper()
+    """A request value as it is looked up: NFKC (full-width and decomposed forms of a valid value
+    are that value) and trimmed; English codes in any case, but only in ASCII, so a look-alike
+    letter (dotless ı in dıgıtal_carbon) is not a code (issue #21)."""
+    value = unicodedata.normalize("NFKC", value).strip()
+    return value.upper() if value.isascii() else value
 
 
 _BY_VALUE = _category_index()
@@ -132,8 +157,8 @@ def category_by_code(code: str) -> Category:
 
 
 def find_location(value: str) -> str | None:
-    return LOCATIONS.get(value.strip())
+    return LOCATIONS.get(unicodedata.normalize("NFKC", value).strip())
 
 
 def find_work_type(value: str) -> str | None:
-    return WORK_TYPES.get(value.strip())
+    return WORK_TYPES.get(unicodedata.normalize("NFKC", value).strip())

@@ -27,6 +27,7 @@ MSG_FREE_TEXT_ANSWER = "사용자 자유 메시지를 기반으로 챌린지를 
 
 MSG_INVALID_CHOICE = "유효하지 않은 선택 항목이 포함되어 있습니다."
 MSG_MESSAGE_REQUIRED = "message는 필수입니다."
+MSG_REPEATED_FIELD = "같은 항목이 여러 번 들어 있습니다. 항목마다 한 번씩만 보내 주세요."
 MSG_MESSAGE_TOO_SHORT = "message는 문자열이어야 하며, 최소 5자 이상의 문자열이어야 합니다."
 MSG_BAD_REQUEST = "요청 형식이 올바르지 않습니다. 각 항목을 문자열로 보내 주세요."
 MSG_MODEL_FAILED = "챌린지 추천을 만드는 중 문제가 발생했습니다. 잠시 후 다시 시도해 주세요."

@@ -19,11 +19,13 @@ from service.recommend.catalog import (
     BACK_TO_BASE_WORDS,
     CATEGORIES,
     LOCATION_WORDS,
+    ORDINARY_WORDS,
     SOMETHING_ELSE_WORDS,
     WORK_TYPE_WORDS,
     Category,
     category_by_code,
 )
+from service.recommend.korean import Words, normalise
 
 # Particles and endings that may follow a place word ("산에서", "도시의", "바다로").
 _PARTICLES = (
@@ -51,7 +53,7 @@ _PARTICLES = (
     "근처",
     "쪽",
 )
-_WORD = re.compile(r"[가-힣A-Za-z0-9_]+")
+_WORD = re.compile(r"[가-힣a-z0-9_]+")
 
 
 @dataclass(frozen=True)
@@ -61,25 +63,17 @@ class Steering:
     work_type: str | None
 
 
-def _squash(text: str) -> str:
-    return re.sub(r"\s+", "", text).upper()
-
-
-def _last_position(haystack: str, needle: str) -> int:
-    return haystack.rfind(needle.upper())
-
-
 def mentioned_category(message: str) -> Category | None:
-    """The category the message names last, by label, code or keyword."""
-    squashed = _squash(message)
+    """The category the message names last, by label, code or keyword, each at a word start."""
+    words = Words.of(message)
     best: tuple[int, int, Category] | None = None
     for category in CATEGORIES:
         for word in (category.label, category.code, *category.synonyms, *category.keywords):
-            position = _last_position(squashed, _squash(word))
-            if position < 0:
+            end = words.last_end(word, ORDINARY_WORDS)
+            if end < 0:
                 continue
-            # Later mention wins; at the same place, the longer word (디지털 탄소 over 탄소).
-            key = (position + len(_squash(word)), len(word), category)
+            # Later mention wins; where two end together, the longer word (디지털 탄소 over 탄소).
+            key = (end, len(word), category)
             if best is None or key[:2] > best[:2]:
                 best = key
     return best[2] if best else None
@@ -90,18 +84,25 @@ def _mentions_place(message: str, word: str) -> bool:
 
 
 def mentioned_location(message: str) -> str | None:
+    normal = normalise(message)
     for label, words in LOCATION_WORDS.items():
-        if any(_mentions_place(message, word) for word in words):
+        if any(_mentions_place(normal, word) for word in words):
             return label
     return None
 
 
 def mentioned_work_type(message: str) -> str | None:
-    squashed = _squash(message)
-    for label, words in WORK_TYPE_WORDS.items():
-        if any(_squash(word) in squashed for word in words):
+    words = Words.of(message)
+    for label, names in WORK_TYPE_WORDS.items():
+        if any(words.mentions(name, ORDINARY_WORDS) for name in names):
             return label
     return None
+
+
+def has_blocked_word(message: str, blocked: tuple[str, ...]) -> bool:
+    """Whether the message uses one of the blocked words, read as Korean (service.recommend.korean)."""
+    words = Words.of(message)
+    return any(words.mentions(word, ORDINARY_WORDS) for word in blocked)
 
 
 def _next_category(current: Category) -> Category:
@@ -111,13 +112,13 @@ def _next_category(current: Category) -> Category:
 
 def steer(message: str, current_code: str, base_code: str, location: str | None, work_type: str | None) -> Steering:
     current = category_by_code(current_code)
-    squashed = _squash(message)
+    words = Words.of(message)
     named = mentioned_category(message)
     if named is not None:
         category = named
-    elif any(word in squashed for word in BACK_TO_BASE_WORDS):
+    elif any(words.mentions(word, ORDINARY_WORDS) for word in BACK_TO_BASE_WORDS):
         category = category_by_code(base_code)
-    elif any(word in squashed for word in SOMETHING_ELSE_WORDS):
+    elif any(words.mentions(word, ORDINARY_WORDS) for word in SOMETHING_ELSE_WORDS):
         category = _next_category(current)
     else:
         category = current

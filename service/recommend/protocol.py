@@ -8,6 +8,7 @@ location, workType, category; then every value outside the lists at once, in
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Mapping
 from dataclasses import dataclass
 from urllib.parse import unquote
@@ -19,11 +20,13 @@ from service.recommend.contract import (
     MSG_INVALID_CHOICE,
     MSG_MESSAGE_REQUIRED,
     MSG_MESSAGE_TOO_SHORT,
+    MSG_REPEATED_FIELD,
     MSG_REQUIRED,
     InvalidInput,
     UnprocessableInput,
     message_too_long,
 )
+from service.recommend.korean import has_hidden_characters
 
 BASE_INFO_FIELDS = ("location", "workType", "category")
 MIN_MESSAGE_CHARS = 5
@@ -130,11 +133,21 @@ def parse_free_text(values: Mapping[str, str | None], max_chars: int) -> FreeTex
     message = values.get("message")
     if message is None or not message.strip():
         raise InvalidInput(MSG_MESSAGE_REQUIRED)
-    message = message.strip()
+    if not _readable(message) or has_hidden_characters(message):
+        # NULs or zero-width spaces passed the length check as characters nobody sees (issue #21).
+        raise InvalidInput(MSG_INVALID_CHOICE, data={"invalidFields": ["message"]})
+    # One normal form for everything after this: the model, the matching, the stored turn.
+    message = unicodedata.normalize("NFKC", message).strip()
     if len(message) < MIN_MESSAGE_CHARS:
         raise UnprocessableInput(MSG_MESSAGE_TOO_SHORT)
     if len(message) > max_chars:
         raise UnprocessableInput(message_too_long(max_chars))
-    if not _readable(message):
-        raise InvalidInput(MSG_INVALID_CHOICE, data={"invalidFields": ["message"]})
     return FreeTextRequest(session_id=parse_session_id(values.get("sessionId")), message=message)
+
+
+def single_values(query: Mapping[str, list[str]], names: tuple[str, ...]) -> None:
+    """A query key given twice is refused, naming it: silently taking the last value hid a
+    client's bug, or let a proxy and the service read different values (issue #21)."""
+    repeated = [name for name in names if len(query.get(name, ())) > 1]
+    if repeated:
+        raise InvalidInput(MSG_REPEATED_FIELD, data={"invalidFields": repeated})

@@ -10,7 +10,6 @@ import asyncio
 import itertools
 import logging
 import math
-import re
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
@@ -47,7 +46,7 @@ from service.recommend.contract import (
     error_then_close,
     token_body,
 )
-from service.recommend.conversation import steer
+from service.recommend.conversation import has_blocked_word, steer
 from service.recommend.deadline import AUTO_GRACE_UNMEASURED_S, AUTO_MAX_S, plan_deadline
 from service.recommend.prompts import EXAMPLE_ANSWER, base_info_messages, free_text_messages
 from service.recommend.protocol import BaseInfoRequest, FreeTextRequest
@@ -239,8 +238,7 @@ class RecommendationService:
     # -- free-text ---------------------------------------------------------------------------
 
     def _is_blocked(self, message: str) -> bool:
-        squashed = re.sub(r"\s+", "", message).lower()
-        return any(word in squashed for word in self.settings.blocked_word_list)
+        return has_blocked_word(message, self.settings.blocked_word_list)
 
     async def _load_session(self, session_id: str | None) -> Session:
         if session_id is None:
