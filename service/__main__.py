@@ -84,7 +84,14 @@ def main() -> int:
     # uvicorn re-raises a signal that stopped it to the handler it found: with this one, a
     # shutdown ends with exit status 0 instead of "killed by SIGTERM".
     signal.signal(signal.SIGTERM, lambda *_: None)
-    serve(app, settings.host, settings.port, app.state.drain, lambda: app.state.service.shutdown_grace_s)
+    serve(
+        app,
+        settings.host,
+        settings.port,
+        app.state.drain,
+        lambda: app.state.service.shutdown_grace_s,
+        settings.request_timeout_s,
+    )
     logger.info("stopped")
     return 0
 

@@ -104,6 +104,15 @@ class Settings(BaseSettings):
         le=16 * 2**20,
         description="Largest POST body read; larger ones get 413 before they are read.",
     )
+    request_timeout_s: float = Field(
+        default=10.0,
+        ge=1,
+        le=120,
+        description=(
+            "A client must send a request's headers within this of its first byte, and its body within this of its "
+            "headers; else the connection is closed (headers) or answered 408 (body)."
+        ),
+    )
     max_queue: int = Field(
         default=16, ge=0, le=10000, description="Requests that may wait for the engine; beyond, 503 + Retry-After."
     )

@@ -98,7 +98,7 @@ def create_app(settings: Settings, engine: Engine, sessions: SessionStore | None
     app.state.metrics = metrics
     app.state.ready = asyncio.Event()
     app.state.drain = Drain()
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes, timeout_s=settings.request_timeout_s)
     app.add_middleware(InFlightMiddleware, drain=app.state.drain, prefix=RECOMMENDATION_PREFIX)
     token = settings.api_token.get_secret_value() if settings.api_token is not None else None
     app.add_middleware(ExposureMiddleware, token=token, allowed_hosts=settings.allowed_host_list)
@@ -129,6 +129,9 @@ def create_app(settings: Settings, engine: Engine, sessions: SessionStore | None
         error.status = exc.status_code
         if exc.headers:
             error.headers.update(exc.headers)
+        if exc.status_code in (408, 413):
+            # The rest of that body is never read: the connection ends with this answer.
+            error.headers["Connection"] = "close"
         logger.warning("%s %s -> %d %s", request.method, printable(request.url.path), exc.status_code, exc.detail)
         return error_response(request, error)
 

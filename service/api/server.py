@@ -18,6 +18,7 @@ from types import FrameType
 
 import uvicorn
 from sse_starlette.sse import AppStatus
+from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from service.api.drain import Drain
 
@@ -75,13 +76,64 @@ class DrainingServer(uvicorn.Server):
         self.should_exit = True
 
 
-def serve(app: object, host: str, port: int, drain: Drain, grace_s: Callable[[], float]) -> None:
+class HeaderDeadlineProtocol(H11Protocol):
+    """uvicorn's HTTP/1.1 protocol with a deadline for each request's headers (issue #21).
+
+    uvicorn times out idle keep-alive connections, but not a connection that sends nothing, or
+    trickles its headers a byte at a time: 530 such connections once held every file descriptor
+    and /health timed out. Each request's headers must now arrive within ``header_timeout_s``
+    of its first byte (or of the connection's opening); otherwise the connection is closed."""
+
+    header_timeout_s = 10.0
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._header_deadline: asyncio.TimerHandle | None = None
+        self._arm_header_deadline()
+
+    def data_received(self, data: bytes) -> None:
+        if self._header_deadline is None and (self.cycle is None or self.cycle.response_complete):
+            self._arm_header_deadline()  # the first bytes of the next request on this connection
+        super().data_received(data)
+        if self.cycle is not None and not self.cycle.response_complete:
+            self._disarm_header_deadline()  # its headers are complete: the app has the request
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._disarm_header_deadline()
+        super().connection_lost(exc)
+
+    def _arm_header_deadline(self) -> None:
+        self._header_deadline = self.loop.call_later(self.header_timeout_s, self._headers_too_slow)
+
+    def _disarm_header_deadline(self) -> None:
+        if self._header_deadline is not None:
+            self._header_deadline.cancel()
+            self._header_deadline = None
+
+    def _headers_too_slow(self) -> None:
+        self._header_deadline = None
+        if not self.transport.is_closing():
+            logger.debug("closed a connection whose request headers took over %.0f s", self.header_timeout_s)
+            self.transport.close()
+
+
+def build_server(
+    app: object, host: str, port: int, drain: Drain, grace_s: Callable[[], float], request_timeout_s: float
+) -> DrainingServer:
+    protocol = type("Protocol", (HeaderDeadlineProtocol,), {"header_timeout_s": request_timeout_s})
     config = uvicorn.Config(
         app,  # type: ignore[arg-type]
         host=host,
         port=port,
+        http=protocol,
         log_config=None,
         access_log=False,
         timeout_graceful_shutdown=AFTER_DRAIN_S,
     )
-    DrainingServer(config, drain, grace_s).run()
+    return DrainingServer(config, drain, grace_s)
+
+
+def serve(
+    app: object, host: str, port: int, drain: Drain, grace_s: Callable[[], float], request_timeout_s: float
+) -> None:
+    build_server(app, host, port, drain, grace_s, request_timeout_s).run()

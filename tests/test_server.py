@@ -1,0 +1,104 @@
+"""The HTTP server as a slow or hostile client meets it (issue #21): real uvicorn with our
+protocol on a loopback port, a scripted engine behind it, raw sockets in front."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from service.api.app import create_app
+from service.api.server import DrainingServer, build_server
+from service.settings import Settings
+from tests.fakes import ScriptedEngine
+from tests.support.queries import BASE
+from tests.support.service_process import free_port
+
+TIMEOUT_S = 1.0
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[tuple[DrainingServer, int]]:
+    settings = Settings(_env_file=None, max_body_bytes=4096, max_message_chars=500, request_timeout_s=TIMEOUT_S)
+    app = create_app(settings, ScriptedEngine())
+    port = free_port()
+    running = build_server(app, "127.0.0.1", port, app.state.drain, lambda: 1.0, settings.request_timeout_s)
+    thread = threading.Thread(target=running.run, daemon=True)
+    thread.start()
+    while not running.started:
+        time.sleep(0.01)
+    yield running, port
+    running.should_exit = True
+    thread.join(timeout=10)
+
+
+def _connect(port: int) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", port), timeout=10)
+    return sock
+
+
+def _closed_within(sock: socket.socket, seconds: float) -> tuple[bool, bytes]:
+    """Whether the server closes ``sock`` within ``seconds``, and what it sent before."""
+    sock.settimeout(seconds)
+    received = b""
+    try:
+        while chunk := sock.recv(65536):
+            received += chunk
+        return True, received
+    except TimeoutError:
+        return False, received
+    except ConnectionResetError:
+        return True, received
+
+
+def test_a_connection_that_sends_nothing_is_closed(server: tuple[DrainingServer, int]) -> None:
+    with _connect(server[1]) as sock:
+        assert _closed_within(sock, TIMEOUT_S + 3)[0]
+
+
+def test_headers_trickled_a_byte_at_a_time_are_cut_off(server: tuple[DrainingServer, int]) -> None:
+    request = b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"a" * 100
+    started = time.monotonic()
+    with _connect(server[1]) as sock:
+        try:
+            for byte in request:
+                sock.sendall(bytes([byte]))
+                time.sleep(0.2)
+                if time.monotonic() - started > TIMEOUT_S + 3:
+                    break
+        except (BrokenPipeError, ConnectionResetError):
+            pass
+        closed, _ = _closed_within(sock, 1)
+    assert closed and time.monotonic() - started < TIMEOUT_S + 4
+
+
+def test_a_prompt_request_on_a_kept_alive_connection_is_served(server: tuple[DrainingServer, int]) -> None:
+    with _connect(server[1]) as sock:
+        for _ in range(2):  # the deadline is re-armed for the second request, and met
+            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+            head = sock.recv(65536)
+            assert head.startswith(b"HTTP/1.1 200")
+
+
+def test_a_body_trickled_past_the_deadline_gets_408_and_the_connection_closes(
+    server: tuple[DrainingServer, int],
+) -> None:
+    body = b'{"message": "' + "채식 위주로 추천해 줘".encode() + b'"}'
+    head = f"POST {BASE}/free-text HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    with _connect(server[1]) as sock:
+        sock.sendall(head.encode() + body[:3])
+        closed, received = _closed_within(sock, TIMEOUT_S + 5)
+    assert closed and received.startswith(b"HTTP/1.1 408")
+    assert b"connection: close" in received.lower()
+    assert "요청을 보내는 데 시간이 너무 오래 걸렸습니다".encode() in received
+
+
+def test_a_body_over_the_limit_gets_413_and_nothing_more_is_read(server: tuple[DrainingServer, int]) -> None:
+    head = f"POST {BASE}/free-text HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {16 * 2**20}\r\n\r\n"
+    with _connect(server[1]) as sock:
+        sock.sendall(head.encode() + b"x" * 1024)
+        closed, received = _closed_within(sock, 5)
+    assert closed and received.startswith(b"HTTP/1.1 413") and b"connection: close" in received.lower()
