@@ -29,6 +29,8 @@ leafresh-standin) or ``--profile production`` measures what matters for a 7B mod
 CPU instead, where the rows above would take hours: load time, resident memory against the
 memory plan, prompt and decode tokens/s with the grammar, tokens and seconds per base-info
 answer, alone and 2 at once.
+``--profile fairness`` times a normal user's request alone and while one client keeps 20 streams
+open and two send 2,000-token prompts (issue #21); ``--url`` measures a service already running.
 ``--profile sharing`` measures two services sharing the cores under each thread setting (the
 default adaptive one, every thread fixed, OMP_WAIT_POLICY=PASSIVE, one thread): alone, two at
 once, and beside two busy shell loops; and our engine's decode alone, adaptive and fixed taking
@@ -68,8 +70,9 @@ from service.recommend.catalog import CATEGORIES, category_by_code
 from service.recommend.prompts import EXAMPLE_ANSWER, INSTRUCTIONS, base_info_messages
 from service.recommend.serving import CHALLENGE_GRAMMAR, answer_token_budget
 from service.tools.modelhub import DEFAULT_MODEL_DIR, load_catalog
+from tests.support.abuse import normal_user_under_abuse
 from tests.support.metrics import metric
-from tests.support.queries import BASE_INFO, QUERY, SSE, rotating_queries
+from tests.support.queries import BASE_INFO, QUERY, SSE, as_user, rotating_queries
 from tests.support.service_process import ROOT, ServiceProcess
 
 MESSAGES = base_info_messages(QUERY["location"], QUERY["workType"], category_by_code("VEGAN"))
@@ -239,11 +242,11 @@ async def _greedy_agreement(model: Path, size: int) -> dict[str, Any]:
     return {"requests": size, "identical": same, "first_difference_at_chars": first_difference}
 
 
-async def _first_challenge(client: httpx.AsyncClient, query: dict[str, str]) -> float:
-    """One base-info stream read to its end; seconds to its first ``challenge`` event."""
+async def _first_challenge(client: httpx.AsyncClient, query: dict[str, str], user: int) -> float:
+    """One base-info stream of one user, read to its end; seconds to its first ``challenge`` event."""
     started = time.perf_counter()
     first = float("nan")
-    async with client.stream("GET", BASE_INFO, params=query, headers=SSE) as response:
+    async with client.stream("GET", BASE_INFO, params=query, headers=as_user(user)) as response:
         async for line in response.aiter_lines():
             if first != first and line == "event: challenge":
                 first = time.perf_counter() - started
@@ -256,7 +259,7 @@ async def http_wave(base_url: str, queries: list[dict[str, str]]) -> dict[str, A
     tokens_before = metric(base_url, "leafresh_generated_tokens_total")
     started = time.perf_counter()
     async with httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(900.0)) as client:
-        firsts = await asyncio.gather(*(_first_challenge(client, query) for query in queries))
+        firsts = await asyncio.gather(*(_first_challenge(client, query, n) for n, query in enumerate(queries)))
     elapsed = time.perf_counter() - started
     tokens = metric(base_url, "leafresh_generated_tokens_total") - tokens_before
     return {
@@ -616,6 +619,36 @@ def bench_model(model: Path, args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def bench_fairness(model: Path, runs: int, url: str | None) -> list[dict[str, Any]]:
+    """Issue #21: a normal user's base-info request alone, then while one client keeps 20
+    streams open and two send 2,000-token prompts; the service with its default settings (or
+    the one at ``url``, to measure another build side by side)."""
+    service = None
+    if url is None:
+        env = {"HOST": "127.0.0.1", "LEAFRESH_MODEL_PATH": str(model), "LEAFRESH_LOG_LEVEL": "WARNING"}
+        service = ServiceProcess(env).wait("/ready")
+    base = url or (service.base_url if service else "")
+    rows = []
+    try:
+        for _ in range(runs):
+            alone, loaded = asyncio.run(normal_user_under_abuse(base))
+            rows.append({"alone": vars(alone), "under_abuse": vars(loaded)})
+    finally:
+        if service is not None:
+            service.stop()
+    sys.stdout.write(
+        "\nnormal user's request   first text alone / under abuse      answer alone / under abuse   close\n"
+    )
+    for row in rows:
+        a, u = row["alone"], row["under_abuse"]
+        first = f"{a['first_text_s']:.2f} / {u['first_text_s'] or float('nan'):.2f} s"
+        ratio = (u["first_text_s"] or float("nan")) / a["first_text_s"]
+        sys.stdout.write(
+            f"{'':24}{first:>18} ({ratio:.1f}×){'':8}{a['answer_s']:.1f} / {u['answer_s']:.1f} s{'':8}{u['status']}\n"
+        )
+    return rows
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument(
@@ -630,17 +663,22 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=ROOT / "bench-results" / "bench.json")
     parser.add_argument(
         "--profile",
-        choices=("full", "production", "sharing"),
+        choices=("full", "production", "sharing", "fairness"),
         default=None,
         help=(
             "production: the rows that matter for a 7B model on a CPU (the default for --model standin); "
-            "sharing: two services on the same cores with each thread setting (issue #12)"
+            "sharing: two services on the same cores with each thread setting (issue #12); "
+            "fairness: a normal user alone and under abusive traffic (issue #21)"
         ),
     )
+    parser.add_argument("--url", default=None, help="with --profile fairness: a running service to measure instead")
     args = parser.parse_args()
-    results = []
+    results: list[dict[str, Any]] = []
     for spec in args.model or ["embedded"]:
         model = resolve_model(spec)
+        if args.profile == "fairness":
+            results.append({"model": str(model), "fairness": bench_fairness(model, args.runs, args.url)})
+            continue
         if args.profile == "sharing":
             alone = bench_policy_alone(model, args.runs, args.temperature)
             rows = bench_sharing(model, args.runs, SHARING_VARIANTS)

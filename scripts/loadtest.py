@@ -28,7 +28,7 @@ import httpx
 
 from tests.support.metrics import metric
 from tests.support.queries import BASE_INFO as PATH
-from tests.support.queries import QUERY, SSE
+from tests.support.queries import QUERY, SSE, as_user
 from tests.support.service_process import ServiceProcess
 from tests.support.sse import ends_with_one_close, parse_stream
 
@@ -41,12 +41,12 @@ class Results:
     failed: list[str] = field(default_factory=list)
 
 
-async def one_request(client: httpx.AsyncClient, results: Results) -> None:
+async def one_request(client: httpx.AsyncClient, results: Results, user: int) -> None:
     started = time.perf_counter()
     first: float | None = None
     chunks: list[str] = []
     try:
-        async with client.stream("GET", PATH, params=QUERY, headers=SSE) as response:
+        async with client.stream("GET", PATH, params=QUERY, headers=as_user(user)) as response:
             if response.status_code == 503:
                 results.rejected += 1
                 return
@@ -73,11 +73,12 @@ async def one_request(client: httpx.AsyncClient, results: Results) -> None:
         results.failed.append(f"close status {status}")
 
 
-async def client_loop(base: str, deadline: float, budget: list[int], results: Results) -> None:
+async def client_loop(base: str, deadline: float, budget: list[int], results: Results, user: int) -> None:
+    """One user asking again as soon as an answer ends."""
     async with httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(600.0)) as client:
         while time.monotonic() < deadline and budget[0] > 0:
             budget[0] -= 1
-            await one_request(client, results)
+            await one_request(client, results, user)
 
 
 async def disconnect_probe(base: str) -> float:
@@ -136,7 +137,7 @@ def main() -> int:
         deadline = started + args.duration
 
         async def run_all() -> None:
-            await asyncio.gather(*(client_loop(args.url, deadline, budget, results) for _ in range(args.clients)))
+            await asyncio.gather(*(client_loop(args.url, deadline, budget, results, n) for n in range(args.clients)))
 
         asyncio.run(run_all())
         elapsed = time.monotonic() - started

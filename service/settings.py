@@ -116,6 +116,31 @@ class Settings(BaseSettings):
     max_queue: int = Field(
         default=16, ge=0, le=10000, description="Requests that may wait for the engine; beyond, 503 + Retry-After."
     )
+    client_header: str = Field(
+        default="X-Leafresh-Client",
+        pattern=r"^[A-Za-z0-9-]{1,64}$",
+        description=(
+            "Request header that names the end user (the Spring relay sets it to the logged-in user); without it a "
+            "request's client is its sessionId, else its peer address."
+        ),
+    )
+    client_max_running: int | Literal["auto"] = Field(
+        default="auto",
+        description="Engine slots one client may hold at once; auto: half of LEAFRESH_PARALLEL (at least 1).",
+    )
+    client_max_queued: int | Literal["auto"] = Field(
+        default="auto",
+        description="Queue places one client may hold; auto: a quarter of LEAFRESH_MAX_QUEUE (at least 1).",
+    )
+    prefill_tokens: int = Field(
+        default=256,
+        ge=16,
+        le=8192,
+        description=(
+            "Prompt tokens a decode step may carry while other requests are writing their answers, shortest "
+            "prompt first: a long prompt cannot stall everyone's next word."
+        ),
+    )
     queue_timeout_s: float = Field(default=60.0, ge=0.1, le=3600, description="Longest wait for the engine before 503.")
     generation_timeout_s: float | Literal["auto"] = Field(
         default="auto",
@@ -282,6 +307,23 @@ class Settings(BaseSettings):
         if self.kv_cache_type != "f16" and self.flash_attn == "off":
             raise ValueError("LEAFRESH_KV_CACHE_TYPE=q8_0/q4_0 needs flash attention: LEAFRESH_FLASH_ATTN=auto or on")
         return self
+
+    @field_validator("client_max_running", "client_max_queued")
+    @classmethod
+    def _share_at_least_one(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be auto or at least 1")
+        return value
+
+    @property
+    def client_slots(self) -> int:
+        wanted = self.client_max_running
+        return max(1, self.parallel // 2) if wanted == "auto" else min(wanted, self.parallel)
+
+    @property
+    def client_queue_places(self) -> int:
+        wanted = self.client_max_queued
+        return max(1, self.max_queue // 4) if wanted == "auto" else wanted
 
     @property
     def allowed_host_list(self) -> tuple[str, ...]:

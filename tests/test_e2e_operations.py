@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import signal
@@ -14,6 +15,7 @@ import pytest
 from httpx_sse import connect_sse
 
 from service.recommend.answer import Answer
+from tests.support.abuse import normal_user_under_abuse
 from tests.support.service_process import ROOT, ServiceProcess
 from tests.support.sse import check_success_stream, ends_with_one_close, relay_read
 
@@ -178,3 +180,18 @@ def test_a_json_client_that_leaves_cancels_its_generation(server: ServiceProcess
         assert time.monotonic() < deadline, "the generation was not cancelled"
         time.sleep(0.05)
     assert metric(server, "leafresh_generations_active") == 0
+
+
+def test_a_normal_user_is_answered_while_one_client_floods_and_two_amplify_their_prompts(
+    server_factory: Callable[..., ServiceProcess],
+) -> None:
+    """Issue #21: 20 streams of one client and two 2,000-token prompts at a time once shut
+    everyone else out (503), and a normal request ended in 504 after 123 s. The figures (first
+    text and answer against the same request alone) are a benchmark row: make bench
+    BENCH_ARGS="--profile fairness"."""
+    fair = server_factory("fairness").wait()
+    alone, loaded = asyncio.run(normal_user_under_abuse(fair.base_url))
+    assert alone.status == 200
+    assert loaded.status == 200, loaded
+    ARTIFACTS.mkdir(exist_ok=True)
+    (ARTIFACTS / "fairness.json").write_text(json.dumps({"alone": vars(alone), "under_abuse": vars(loaded)}, indent=1))

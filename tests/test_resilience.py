@@ -176,8 +176,14 @@ def test_as_many_requests_as_the_engine_batches_run_at_once_without_queueing() -
     async def scenario() -> str:
         app = create_app(Settings(max_queue=0, parallel=3), ScriptedEngine(delay_s=0.01))
         async with app_client(app) as client:
+            # Three users, each named by the relay: no one waits for another.
             streams = await asyncio.gather(
-                *(app_events(client, "GET", f"{BASE}/base-info", params=ANONYMOUS) for _ in range(3))
+                *(
+                    app_events(
+                        client, "GET", f"{BASE}/base-info", params=ANONYMOUS, headers={"X-Leafresh-Client": f"u{n}"}
+                    )
+                    for n in range(3)
+                )
             )
             assert all(events[-1][1]["status"] == 200 for events in streams)
             return (await client.get("/metrics")).text

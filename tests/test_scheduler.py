@@ -207,3 +207,21 @@ def test_a_preempted_request_waiting_for_room_still_meets_its_deadline() -> None
     assert scheduler.next_to_start() is None  # no room until the patient one finishes
     assert [(w.payload, cancelled) for w, cancelled in scheduler.overdue(now=20.0)] == [("hurried", False)]
     assert not scheduler.waiting
+
+
+def test_while_others_decode_a_step_carries_a_bounded_prompt_share_shortest_prompt_first() -> None:
+    """Issue #21: two 2,000-token prompts filled every step with 512 prompt tokens, so a normal
+    answer's next word, and a short prompt's first, waited behind them."""
+    scheduler: Scheduler[str] = Scheduler(max_running=4, step_tokens=512, prefill_tokens=96)
+    scheduler.add(request([1], "decoding"))
+    (decoding,) = start_all(scheduler)
+    run_prompts(scheduler)
+    decoding.pending = [5]
+    scheduler.add(ScheduledRequest(prompt=list(range(5000, 7000)), payload="amplified"))
+    scheduler.add(ScheduledRequest(prompt=list(range(9000, 9040)), payload="normal"))
+    start_all(scheduler)
+    plan = [(r.payload, take) for r, take in scheduler.plan()]
+    assert plan == [("decoding", 1), ("normal", 40), ("amplified", 56)]
+    # With nobody decoding, prompts get the whole step again.
+    decoding.pending = []
+    assert sum(take for _, take in scheduler.plan()) == 512

@@ -3,6 +3,7 @@ protocol on a loopback port, a scripted engine behind it, raw sockets in front."
 
 from __future__ import annotations
 
+import http.client
 import socket
 import threading
 import time
@@ -76,11 +77,16 @@ def test_headers_trickled_a_byte_at_a_time_are_cut_off(server: tuple[DrainingSer
 
 
 def test_a_prompt_request_on_a_kept_alive_connection_is_served(server: tuple[DrainingServer, int]) -> None:
-    with _connect(server[1]) as sock:
-        for _ in range(2):  # the deadline is re-armed for the second request, and met
-            sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
-            head = sock.recv(65536)
-            assert head.startswith(b"HTTP/1.1 200")
+    connection = http.client.HTTPConnection("127.0.0.1", server[1], timeout=10)
+    statuses, sockets = [], set()
+    for _ in range(2):  # the deadline is re-armed for the second request, and met
+        connection.request("GET", "/health")
+        response = connection.getresponse()
+        response.read()
+        statuses.append(response.status)
+        sockets.add(id(connection.sock))
+    connection.close()
+    assert statuses == [200, 200] and len(sockets) == 1
 
 
 def test_a_body_trickled_past_the_deadline_gets_408_and_the_connection_closes(

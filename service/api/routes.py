@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncGenerator, Awaitable
+from dataclasses import replace
 from pathlib import Path
 from typing import Annotated
 
@@ -125,6 +126,17 @@ def _query(value: str | None) -> str | None:
     return decode_twice_encoded(value) if value is not None else None
 
 
+def client_key(request: Request, session_id: str | None) -> str:
+    """Who is asking, for the fair share of the engine: the end user the relay names in
+    LEAFRESH_CLIENT_HEADER, else the conversation, else the peer address (issue #21)."""
+    named = request.headers.get(request.app.state.settings.client_header, "").strip()
+    if named and len(named) <= 200 and named.isprintable():
+        return f"user:{named}"
+    if session_id is not None:
+        return f"session:{session_id}"
+    return f"peer:{request.client.host if request.client else 'unknown'}"
+
+
 def _one_of_each(request: Request, *names: str) -> None:
     query = {name: request.query_params.getlist(name) for name in names}
     single_values(query, names)
@@ -147,12 +159,14 @@ async def base_info_stream(
         "category": _query(category),
     }
     checked = parse_base_info(values)
+    checked = replace(checked, client=client_key(request, checked.session_id))
     return _stream(request, service.stream_base_info(checked))
 
 
 @router.post("/base-info", summary="Three challenges as a stream (Accept: text/event-stream) or one JSON answer")
 async def base_info(request: Request, service: ServiceDep, body: BaseInfoBody) -> Response:
     checked = parse_base_info(body.model_dump())
+    checked = replace(checked, client=client_key(request, checked.session_id))
     if wants_event_stream(request):
         return _stream(request, service.stream_base_info(checked))
     return await _json_answer(request, service.answer_base_info(checked))
@@ -169,12 +183,14 @@ async def free_text_stream(
     checked = parse_free_text(
         {"sessionId": _query(sessionId), "message": _query(message)}, service.settings.max_message_chars
     )
+    checked = replace(checked, client=client_key(request, checked.session_id))
     return _stream(request, service.stream_free_text(checked))
 
 
 @router.post("/free-text", summary="Free-text challenges as a stream (Accept: text/event-stream) or one JSON answer")
 async def free_text(request: Request, service: ServiceDep, body: FreeTextBody) -> Response:
     checked = parse_free_text(body.model_dump(), service.settings.max_message_chars)
+    checked = replace(checked, client=client_key(request, checked.session_id))
     if wants_event_stream(request):
         return _stream(request, service.stream_free_text(checked))
     return await _json_answer(request, service.answer_free_text(checked))

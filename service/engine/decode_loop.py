@@ -81,10 +81,17 @@ class DecodeLoop:
     """``submit``, ``wake`` and ``close`` are safe from any thread; everything else runs on the
     loop's own thread."""
 
-    def __init__(self, model: LoadedModel, max_sequences: int, step_tokens: int, governor: ThreadGovernor) -> None:
+    def __init__(
+        self,
+        model: LoadedModel,
+        max_sequences: int,
+        step_tokens: int,
+        governor: ThreadGovernor,
+        prefill_tokens: int | None = None,
+    ) -> None:
         self._model = model
         self._runner = model.runner
-        self._scheduler: Scheduler[Generation] = Scheduler(max_sequences, step_tokens)
+        self._scheduler: Scheduler[Generation] = Scheduler(max_sequences, step_tokens, prefill_tokens)
         self._governor = governor
         self._inbox: deque[Work] = deque()
         self._wake = threading.Condition()

@@ -93,6 +93,8 @@ class LlamaConfig:
     flash_attn: str = "auto"
     # Requests decoded together, each its own sequence (one more holds the shared prompt).
     parallel: int = 4
+    # Prompt tokens a step carries while others decode (LEAFRESH_PREFILL_TOKENS).
+    prefill_tokens: int = 256
     # Append the tokens of text the grammar forces instead of sampling them one by one.
     jump_forward: bool = True
 
@@ -153,6 +155,7 @@ class LlamaCppEngine:
             governor=ThreadGovernor(
                 self.threads, len(cores), config.thread_policy, read=lambda: read_cpu_sample(cores)
             ),
+            prefill_tokens=config.prefill_tokens,
         )
         self.info = EngineInfo(
             model_path=str(config.model_path),

@@ -75,6 +75,7 @@ def load_engine(settings: Settings) -> Engine:
         kv_cache_type=settings.kv_cache_type,
         flash_attn=settings.flash_attn,
         parallel=settings.parallel,
+        prefill_tokens=settings.prefill_tokens,
         jump_forward=settings.jump_forward,
     )
     return LlamaCppEngine(config, {"challenge": CHALLENGE_GRAMMAR_PATH.read_text(encoding="utf-8")})

@@ -112,8 +112,11 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 class Scheduler(Generic[Payload]):
     """Single-threaded: the decode loop calls it between steps."""
 
-    def __init__(self, max_running: int, step_tokens: int) -> None:
+    def __init__(self, max_running: int, step_tokens: int, prefill_tokens: int | None = None) -> None:
         self.step_tokens = step_tokens
+        # Prompt tokens a step may carry while others decode (issue #21): two 2,000-token prompts
+        # filled every step with 512 prompt tokens, and a normal answer's next word waited for them.
+        self.prefill_tokens = min(prefill_tokens or step_tokens, step_tokens)
         self.waiting: deque[ScheduledRequest[Payload]] = deque()
         self.running: list[ScheduledRequest[Payload]] = []  # in admission order: last = youngest
         self.holder: list[int] = []  # the tokens the prompt holder keeps
@@ -188,10 +191,22 @@ class Scheduler(Generic[Payload]):
 
     def plan(self) -> list[tuple[ScheduledRequest[Payload], int]]:
         """(request, how many of its pending tokens) for the next step: decoding requests
-        first, then prompt chunks, within ``step_tokens``."""
+        first, then prompt chunks within ``step_tokens``, and within ``prefill_tokens`` while
+        anyone decodes; the shortest prompt first, so a long one cannot hold up the first word
+        of a short one."""
         budget = self.step_tokens
         plan = []
-        for request in sorted(self.running, key=lambda r: not r.prompt_evaluated):
+        decoding = [r for r in self.running if r.prompt_evaluated and r.pending]
+        for request in decoding:
+            take = min(len(request.pending), budget)
+            plan.append((request, take))
+            budget -= take
+        if decoding:
+            budget = min(budget, self.prefill_tokens)
+        prompts = sorted(
+            (r for r in self.running if not r.prompt_evaluated and r.pending), key=lambda r: len(r.pending)
+        )
+        for request in prompts:
             take = min(len(request.pending), budget)
             if take:
                 plan.append((request, take))

@@ -55,6 +55,9 @@ class BaseInfoRequest:
     location: str
     work_type: str
     category: Category
+    # Who is asking, for the fair share of the engine (service.recommend.admission); set by the
+    # route from the transport, never from the body.
+    client: str = "anonymous"
 
 
 def decode_twice_encoded(value: str) -> str:
@@ -127,6 +130,7 @@ class FreeTextBody(BaseModel):
 class FreeTextRequest:
     session_id: str | None
     message: str
+    client: str = "anonymous"
 
 
 def parse_free_text(values: Mapping[str, str | None], max_chars: int) -> FreeTextRequest:

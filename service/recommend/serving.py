@@ -90,6 +90,7 @@ class _Job:
     messages: tuple[ChatMessage, ...]
     category: Category
     route: str
+    client: str
     on_answer: OnAnswer | None = None
     history_used: int = 0
     history_total: int = 0
@@ -118,6 +119,8 @@ class RecommendationService:
             queue_timeout_s=settings.queue_timeout_s,
             retry_after_s=settings.retry_after_s,
             metrics=self.metrics,
+            client_slots=settings.client_slots,
+            client_queue=settings.client_queue_places,
         )
         self.max_tokens = answer_token_budget()
         timeout = settings.generation_timeout_s
@@ -218,10 +221,10 @@ class RecommendationService:
                     ),
                 )
 
-        return _Job(messages, request.category, "base-info", on_answer)
+        return _Job(messages, request.category, "base-info", request.client, on_answer)
 
     def stream_base_info(self, request: BaseInfoRequest) -> AsyncGenerator[Event, None]:
-        self.admission.check()
+        self.admission.check(request.client)
         return _ending_with_close(self._base_info_events(request), "base-info")
 
     async def _base_info_events(self, request: BaseInfoRequest) -> AsyncGenerator[Event, None]:
@@ -230,7 +233,7 @@ class RecommendationService:
                 yield event
 
     async def answer_base_info(self, request: BaseInfoRequest) -> Body:
-        self.admission.check()
+        self.admission.check(request.client)
         async with self._one_turn(request.session_id):
             answer = await self._answer(self._base_info_job(request))
         return Body(status=200, message=MSG_BASE_INFO_ANSWER, data=answer.to_data())
@@ -276,7 +279,7 @@ class RecommendationService:
                     ),
                 )
 
-        return _Job(messages, steering.category, "free-text", on_answer, used, len(session.turns))
+        return _Job(messages, steering.category, "free-text", request.client, on_answer, used, len(session.turns))
 
     def _fit_history(
         self, turns: Sequence[Turn], location: str | None, work_type: str | None, category: Category, message: str
@@ -309,7 +312,7 @@ class RecommendationService:
 
     def stream_free_text(self, request: FreeTextRequest) -> AsyncGenerator[Event, None]:
         if not self._is_blocked(request.message):
-            self.admission.check()
+            self.admission.check(request.client)
         return _ending_with_close(self._free_text_events(request), "free-text")
 
     async def _free_text_events(self, request: FreeTextRequest) -> AsyncGenerator[Event, None]:
@@ -328,7 +331,7 @@ class RecommendationService:
     async def answer_free_text(self, request: FreeTextRequest) -> Body:
         if self._is_blocked(request.message):
             return Body(status=200, message=MSG_GUIDE_DONE, data=GUIDE_ANSWER.to_data())
-        self.admission.check()
+        self.admission.check(request.client)
         async with self._one_turn(request.session_id):
             answer = await self._answer(await self._free_text_job(request))
         return Body(status=200, message=MSG_FREE_TEXT_ANSWER, data=answer.to_data())
@@ -381,7 +384,7 @@ class RecommendationService:
         """Readable pieces as the model writes; then the answer is checked, the session
         written, and ``job.answer`` set. Waits its turn for the engine first (bounded); a
         reader that leaves cancels the generation."""
-        async with self.admission.ticket(), aclosing(self._generate(job)) as pieces:
+        async with self.admission.ticket(job.client), aclosing(self._generate(job)) as pieces:
             async for piece in pieces:
                 yield piece
 

@@ -9,6 +9,16 @@ from service.recommend.catalog import CATEGORIES, LOCATIONS, WORK_TYPES
 BASE = "/ai/chatbot/recommendation"
 BASE_INFO = f"{BASE}/base-info"
 SSE = {"Accept": "text/event-stream"}
+# The header the relay names its logged-in user in (LEAFRESH_CLIENT_HEADER's default).
+CLIENT_HEADER = "X-Leafresh-Client"
+
+
+def as_user(number: int) -> dict[str, str]:
+    """Stream headers of one of many users, as production traffic comes: the fair share of the
+    engine is per user, so simulated users must not all look like one client."""
+    return {**SSE, CLIENT_HEADER: f"user-{number}"}
+
+
 QUERY = {"location": "도시", "workType": "사무직", "category": "비건"}
 
 # Every base-info combination a user can pick: 4 places x 4 kinds of work x 8 categories.

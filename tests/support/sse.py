@@ -22,7 +22,8 @@ def app_client(app: Any) -> httpx.AsyncClient:
 
 async def app_events(client: httpx.AsyncClient, method: str, url: str, **kwargs: Any) -> list[tuple[str, Any]]:
     """Every event of one stream from the app in this process, its data parsed as JSON."""
-    async with aconnect_sse(client, method, url, headers=SSE, **kwargs) as source:
+    headers = {**SSE, **kwargs.pop("headers", {})}
+    async with aconnect_sse(client, method, url, headers=headers, **kwargs) as source:
         return [(event.event, json.loads(event.data)) async for event in source.aiter_sse()]
 
 
