@@ -126,11 +126,20 @@ class Settings(BaseSettings):
     )
     client_max_running: int | Literal["auto"] = Field(
         default="auto",
-        description="Engine slots one client may hold at once; auto: half of LEAFRESH_PARALLEL (at least 1).",
+        description="Engine slots one client may hold at once; auto: a quarter of LEAFRESH_PARALLEL (at least 1).",
     )
     client_max_queued: int | Literal["auto"] = Field(
         default="auto",
         description="Queue places one client may hold; auto: a quarter of LEAFRESH_MAX_QUEUE (at least 1).",
+    )
+    client_prompt_tokens_per_min: int = Field(
+        default=4000,
+        ge=100,
+        le=10_000_000,
+        description=(
+            "Free-text message tokens (in the model's own tokens) one client may send per minute; past it, 429 with "
+            "Retry-After. The default allows two of the longest messages a minute, or dozens of ordinary ones."
+        ),
     )
     prefill_tokens: int = Field(
         default=256,
@@ -318,7 +327,7 @@ class Settings(BaseSettings):
     @property
     def client_slots(self) -> int:
         wanted = self.client_max_running
-        return max(1, self.parallel // 2) if wanted == "auto" else min(wanted, self.parallel)
+        return max(1, self.parallel // 4) if wanted == "auto" else min(wanted, self.parallel)
 
     @property
     def client_queue_places(self) -> int:

@@ -9,7 +9,7 @@ import contextlib
 import pytest
 
 from service.metrics import Metrics
-from service.recommend.admission import Admission
+from service.recommend.admission import Admission, PromptBudget
 from service.recommend.contract import Overloaded, QueueTimeout
 
 
@@ -110,3 +110,16 @@ def test_a_ticket_that_times_out_or_is_cancelled_leaves_the_queue() -> None:
         return waiting
 
     assert asyncio.run(scenario()) == 0
+
+
+def test_a_clients_message_tokens_are_budgeted_per_minute() -> None:
+    now = [0.0]
+    budget = PromptBudget(4000, clock=lambda: now[0])
+    assert budget.spend("amplifier", 2000) == 0.0
+    assert budget.spend("amplifier", 2000) == 0.0
+    wait = budget.spend("amplifier", 2000)  # a third 2,000-token prompt within the minute
+    assert wait == pytest.approx(30.0)  # 2,000 tokens at 4,000 a minute
+    assert budget.spend("normal user", 40) == 0.0  # nobody else pays for it
+    now[0] += 30
+    assert budget.spend("amplifier", 2000) == 0.0
+    assert budget.spend("anyone", 10**6) == 0.0  # longer than the whole budget: goes alone, once

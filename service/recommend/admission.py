@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from collections.abc import Callable
 from time import perf_counter
 from types import TracebackType
 
@@ -168,3 +169,42 @@ class Admission:
             self._free -= 1
             self._running[client] = self._running.get(client, 0) + 1
             granted.set_result(None)
+
+
+class PromptBudget:
+    """Message tokens each client may send per minute: a token bucket per client (issue #21).
+
+    A free-text message of 500 rare syllables costs about 2,000 prompt tokens on a byte-level
+    tokenizer; two clients sending a new one each time and leaving after the first piece kept
+    every decode step full of prompt work, and a normal answer ended in 504. A normal user sends a
+    few messages a minute of tens of tokens each; the default budget allows two of the longest
+    possible messages a minute, or dozens of ordinary ones."""
+
+    # Buckets kept at most; full ones (clients quiet for a minute) are dropped first.
+    _MOST_CLIENTS = 10_000
+
+    def __init__(self, tokens_per_minute: int, clock: Callable[[], float] = perf_counter) -> None:
+        self.capacity = float(tokens_per_minute)
+        self._rate = tokens_per_minute / 60.0
+        self._clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens left, when)
+
+    def spend(self, client: str, tokens: int) -> float:
+        """Take ``tokens`` from the client's bucket and return 0.0, or, when it holds too few,
+        take nothing and return the seconds until it will hold enough."""
+        now = self._clock()
+        left, when = self._buckets.get(client, (self.capacity, now))
+        left = min(self.capacity, left + (now - when) * self._rate)
+        wanted = min(float(tokens), self.capacity)  # a message longer than the budget may still go, alone
+        if left < wanted:
+            self._buckets[client] = (left, now)
+            return (wanted - left) / self._rate
+        self._buckets[client] = (left - wanted, now)
+        if len(self._buckets) > self._MOST_CLIENTS:
+            self._forget_full(now)
+        return 0.0
+
+    def _forget_full(self, now: float) -> None:
+        for client, (left, when) in list(self._buckets.items()):
+            if left + (now - when) * self._rate >= self.capacity:
+                del self._buckets[client]

@@ -55,6 +55,7 @@ HTTP_MESSAGES = {
 MSG_PROMPT_TOO_LONG = "요청이 너무 길어 추천을 만들 수 없습니다. 더 짧게 입력해 주세요."
 MSG_ENGINE_STOPPED = "추천 엔진이 멈춰 이 서버를 다시 시작해야 합니다. 잠시 후 다시 시도해 주세요."
 MSG_UNAUTHORIZED = "인증 토큰이 없거나 올바르지 않습니다."
+MSG_TOO_MANY_TOKENS = "짧은 시간에 너무 많은 내용을 보냈습니다. 잠시 후 다시 시도해 주세요."
 MSG_TURN_IN_PROGRESS = "이 대화의 이전 답변을 아직 작성하고 있습니다. 답변이 끝난 뒤 다시 보내 주세요."
 
 
@@ -165,6 +166,13 @@ class EngineDown(ServiceError):
 
     status = 503
     message = MSG_ENGINE_STOPPED
+
+
+class PromptBudgetSpent(ServiceError):
+    """A client sent more message tokens than its budget per minute allows (issue #21)."""
+
+    status = 429
+    message = MSG_TOO_MANY_TOKENS
 
 
 class TurnInProgress(ServiceError):

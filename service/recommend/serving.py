@@ -23,7 +23,7 @@ from service.engine.grammar import load_challenge_grammar
 from service.engine.text import hangul_syllables
 from service.logs import request_stats
 from service.metrics import Metrics
-from service.recommend.admission import Admission
+from service.recommend.admission import Admission, PromptBudget
 from service.recommend.answer import Answer, check_schema_loads, parse_model_output, render
 from service.recommend.catalog import CATEGORIES, LOCATIONS, WORK_TYPES, Category
 from service.recommend.contract import (
@@ -37,6 +37,7 @@ from service.recommend.contract import (
     DeadlineExceeded,
     EngineDown,
     ModelFailure,
+    PromptBudgetSpent,
     PromptTooLong,
     ServiceError,
     ShuttingDown,
@@ -122,6 +123,7 @@ class RecommendationService:
             client_slots=settings.client_slots,
             client_queue=settings.client_queue_places,
         )
+        self.prompt_budget = PromptBudget(settings.client_prompt_tokens_per_min)
         self.max_tokens = answer_token_budget()
         timeout = settings.generation_timeout_s
         # auto: generous until warm-up has measured this machine's speed (see service.recommend.deadline).
@@ -313,6 +315,7 @@ class RecommendationService:
     def stream_free_text(self, request: FreeTextRequest) -> AsyncGenerator[Event, None]:
         if not self._is_blocked(request.message):
             self.admission.check(request.client)
+            self._spend_prompt_budget(request)
         return _ending_with_close(self._free_text_events(request), "free-text")
 
     async def _free_text_events(self, request: FreeTextRequest) -> AsyncGenerator[Event, None]:
@@ -332,9 +335,19 @@ class RecommendationService:
         if self._is_blocked(request.message):
             return Body(status=200, message=MSG_GUIDE_DONE, data=GUIDE_ANSWER.to_data())
         self.admission.check(request.client)
+        self._spend_prompt_budget(request)
         async with self._one_turn(request.session_id):
             answer = await self._answer(await self._free_text_job(request))
         return Body(status=200, message=MSG_FREE_TEXT_ANSWER, data=answer.to_data())
+
+    def _spend_prompt_budget(self, request: FreeTextRequest) -> None:
+        """A message's tokens come out of its client's budget per minute, before anything runs."""
+        wait_s = self.prompt_budget.spend(request.client, self.engine.count_text_tokens(request.message))
+        if wait_s > 0:
+            self.metrics.rejected.inc()
+            raise PromptBudgetSpent(
+                headers={"Retry-After": str(math.ceil(wait_s))}, detail=f"message tokens over budget for {wait_s:.0f}s"
+            )
 
     # -- one turn at a time per conversation -------------------------------------------------
 
