@@ -12,7 +12,7 @@ import httpx
 from service.api.app import create_app
 from service.settings import Settings
 from tests.fakes import ScriptedEngine
-from tests.support.queries import BASE, QUERY
+from tests.support.queries import BASE, CLIENT_HEADER, QUERY
 from tests.support.sse import app_client, app_events, ends_with_one_close
 
 MSG_RESTARTING = "서버가 재시작 중입니다. 잠시 후 다시 시도해 주세요."
@@ -66,8 +66,10 @@ def test_what_outlives_the_grace_is_cut_with_503_for_streams_and_json_clients() 
         engine = ScriptedEngine(delay_s=0.05)  # about 5 s an answer: far past the grace
         app = create_app(Settings(_env_file=None), engine)
         async with app_client(app) as client:
-            stream = asyncio.create_task(app_events(client, "GET", f"{BASE}/base-info", params=QUERY))
-            waiting = asyncio.create_task(client.post(f"{BASE}/base-info", json=QUERY))
+            stream = asyncio.create_task(
+                app_events(client, "GET", f"{BASE}/base-info", params=QUERY, headers={CLIENT_HEADER: "u1"})
+            )
+            waiting = asyncio.create_task(client.post(f"{BASE}/base-info", json=QUERY, headers={CLIENT_HEADER: "u2"}))
             while len(engine.requests) < 2:
                 await asyncio.sleep(0.005)
             cut = await app.state.drain.run(grace_s=0.2)

@@ -157,7 +157,8 @@ class CharCountingEngine(ScriptedEngine):
 def test_history_keeps_the_newest_turns_that_fit() -> None:
     async def scenario() -> None:
         engine = CharCountingEngine()
-        chat = Conversation(engine, Settings(max_message_chars=500))
+        # Twelve 460-character messages in a row: past one user's budget a minute, not tested here.
+        chat = Conversation(engine, Settings(max_message_chars=500, client_prompt_tokens_per_min=10**6))
         for n in range(12):
             await chat.say(f"{n}번째 메시지 " + "가" * 450)
         prompt = engine.requests[-1].messages
