@@ -51,7 +51,14 @@ class Metrics:
         self.deadline_hits = Counter(
             "leafresh_deadline_exceeded", "Requests ended by a deadline", ["stage"], registry=r
         )
-        self.rejected = Counter("leafresh_rejected", "Requests refused because the queue was full", registry=r)
+        self.rejected = Counter(
+            "leafresh_rejected", "Requests refused because the queue, or the client's share of it, was full", registry=r
+        )
+        self.over_budget = Counter(
+            "leafresh_over_budget",
+            "Free-text requests refused with 429: the client's message tokens per minute",
+            registry=r,
+        )
         self.session_save_failures = Counter(
             "leafresh_session_save_failures",
             "Answers delivered whose turn could not be written to the session store",

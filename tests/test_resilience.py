@@ -399,3 +399,22 @@ def test_a_turn_that_cannot_be_saved_is_still_answered_and_counted() -> None:
     events, metrics = asyncio.run(scenario())
     assert events[-1][1]["status"] == 200
     assert "leafresh_session_save_failures_total 1.0" in metrics
+
+
+def test_a_client_past_its_message_budget_gets_429_with_retry_after() -> None:
+    async def scenario() -> tuple[httpx.Response, list[tuple[str, Any]], httpx.Response, str]:
+        app = create_app(Settings(client_prompt_tokens_per_min=100), ScriptedEngine())
+        long_message = {"message": "채식 " * 40}  # 120 characters: 120 tokens on the scripted engine
+        heavy = {"X-Leafresh-Client": "heavy"}
+        async with app_client(app) as client:
+            first = await client.post(f"{BASE}/free-text", json=long_message, headers=heavy)
+            in_band = await app_events(client, "GET", f"{BASE}/free-text", params=long_message, headers=heavy)
+            other = await client.post(f"{BASE}/free-text", json={"message": "채식 위주로 추천해 줘"})
+            return first, in_band, other, (await client.get("/metrics")).text
+
+    first, in_band, other, metrics = asyncio.run(scenario())
+    assert first.status_code == 200  # longer than the whole budget: it goes, alone
+    assert [name for name, _ in in_band] == ["error", "close"] and in_band[-1][1]["status"] == 429
+    assert "너무 많은 내용" in in_band[-1][1]["message"]
+    assert other.status_code == 200  # another client is not charged
+    assert "leafresh_over_budget_total 1.0" in metrics

@@ -123,7 +123,7 @@ class RecommendationService:
             client_slots=settings.client_slots,
             client_queue=settings.client_queue_places,
         )
-        self.prompt_budget = PromptBudget(settings.client_prompt_tokens_per_min)
+        self.message_budget = PromptBudget(settings.client_prompt_tokens_per_min)
         self.max_tokens = answer_token_budget()
         timeout = settings.generation_timeout_s
         # auto: generous until warm-up has measured this machine's speed (see service.recommend.deadline).
@@ -342,9 +342,9 @@ class RecommendationService:
 
     def _spend_prompt_budget(self, request: FreeTextRequest) -> None:
         """A message's tokens come out of its client's budget per minute, before anything runs."""
-        wait_s = self.prompt_budget.spend(request.client, self.engine.count_text_tokens(request.message))
+        wait_s = self.message_budget.spend(request.client, self.engine.count_text_tokens(request.message))
         if wait_s > 0:
-            self.metrics.rejected.inc()
+            self.metrics.over_budget.inc()
             raise PromptBudgetSpent(
                 headers={"Retry-After": str(math.ceil(wait_s))}, detail=f"message tokens over budget for {wait_s:.0f}s"
             )
