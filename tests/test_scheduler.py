@@ -225,3 +225,12 @@ def test_while_others_decode_a_step_carries_a_bounded_prompt_share_shortest_prom
     # With nobody decoding, prompts get the whole step again.
     decoding.pending = []
     assert sum(take for _, take in scheduler.plan()) == 512
+
+
+def test_a_request_does_not_wait_for_a_much_longer_prompt_to_share_its_beginning() -> None:
+    scheduler: Scheduler[str] = Scheduler(max_running=4, step_tokens=64)
+    scheduler.add(request(list(range(5000, 7000)), "2,000 tokens after the instructions"))
+    start_all(scheduler)
+    scheduler.add(request([2], "short"))
+    short = scheduler.next_to_start()  # evaluating its own 201 tokens beats waiting for 2,200
+    assert short is not None and short.payload == "short"
