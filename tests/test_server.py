@@ -4,18 +4,20 @@ protocol on a loopback port, a scripted engine behind it, raw sockets in front."
 from __future__ import annotations
 
 import http.client
+import signal
 import socket
 import threading
 import time
 from collections.abc import Iterator
 
+import httpx
 import pytest
 
 from service.api.app import create_app
 from service.api.server import DrainingServer, build_server
 from service.settings import Settings
 from tests.fakes import ScriptedEngine
-from tests.support.queries import BASE
+from tests.support.queries import BASE, QUERY, SSE
 from tests.support.service_process import free_port
 
 TIMEOUT_S = 1.0
@@ -108,3 +110,34 @@ def test_a_body_over_the_limit_gets_413_and_nothing_more_is_read(server: tuple[D
         sock.sendall(head.encode() + b"x" * 1024)
         closed, received = _closed_within(sock, 5)
     assert closed and received.startswith(b"HTTP/1.1 413") and b"connection: close" in received.lower()
+
+
+def test_a_second_sigterm_cuts_what_the_first_let_run() -> None:
+    """The first SIGTERM drains (the stream goes on, /ready says 503); a second cuts at once."""
+    settings = Settings(_env_file=None, shutdown_grace_s=600)
+    app = create_app(settings, ScriptedEngine(delay_s=0.05))  # about 5 s an answer
+    app.state.ready.set()
+    port = free_port()
+    running = build_server(app, "127.0.0.1", port, app.state.drain, lambda: 600.0, settings.request_timeout_s)
+    thread = threading.Thread(target=running.run, daemon=True)
+    thread.start()
+    while not running.started:
+        time.sleep(0.01)
+    with (
+        httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client,
+        client.stream("GET", f"{BASE}/base-info", params=QUERY, headers=SSE) as stream,
+    ):
+        lines = stream.iter_lines()
+        assert next(line for line in lines if line.startswith("event: ")) == "event: challenge"
+        running.handle_exit(signal.SIGTERM, None)
+        deadline = time.monotonic() + 5
+        while client.get("/ready").status_code != 503:
+            assert time.monotonic() < deadline
+        started = time.monotonic()
+        running.handle_exit(signal.SIGTERM, None)
+        rest = list(lines)
+    names = [line for line in rest if line.startswith("event: ")]
+    assert names[-2:] == ["event: error", "event: close"] and names.count("event: close") == 1
+    assert time.monotonic() - started < 3  # at once, not after the 600 s grace
+    thread.join(timeout=15)
+    assert not thread.is_alive()
