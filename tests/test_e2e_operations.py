@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
 import signal
 import threading
 import time
@@ -16,21 +15,12 @@ from httpx_sse import connect_sse
 
 from service.recommend.answer import Answer
 from tests.support.abuse import normal_user_under_abuse
+from tests.support.metrics import metric
+from tests.support.queries import BASE, QUERY, SSE
 from tests.support.service_process import ROOT, ServiceProcess
-from tests.support.sse import check_success_stream, ends_with_one_close, relay_read
+from tests.support.sse import TIMEOUT, check_success_stream, ends_with_one_close, relay_read
 
 ARTIFACTS = ROOT / "test-artifacts"
-
-BASE = "/ai/chatbot/recommendation"
-SSE = {"Accept": "text/event-stream"}
-QUERY = {"location": "도시", "workType": "사무직", "category": "비건"}
-TIMEOUT = httpx.Timeout(180.0)
-
-
-def metric(server: ServiceProcess, name: str) -> float:
-    text = httpx.get(f"{server.base_url}/metrics", timeout=TIMEOUT).text
-    match = re.search(rf"^{re.escape(name)} ([0-9.e+]+)$", text, re.MULTILINE)
-    return float(match.group(1)) if match else 0.0
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +36,7 @@ def test_ready_turns_200_once_warm(server: ServiceProcess) -> None:
 
 
 def test_a_reader_that_leaves_stops_its_generation_and_frees_the_engine(server: ServiceProcess) -> None:
-    before = metric(server, "leafresh_generations_cancelled_total")
+    before = metric(server.base_url, "leafresh_generations_cancelled_total")
     with (
         httpx.Client(timeout=TIMEOUT) as client,
         connect_sse(client, "GET", f"{server.base_url}{BASE}/base-info", params=QUERY, headers=SSE) as source,
@@ -55,25 +45,25 @@ def test_a_reader_that_leaves_stops_its_generation_and_frees_the_engine(server: 
             if event.event == "challenge" and seen >= 3:
                 break  # leave mid-answer: the connection closes here
     deadline = time.monotonic() + 30
-    while metric(server, "leafresh_generations_cancelled_total") <= before:
+    while metric(server.base_url, "leafresh_generations_cancelled_total") <= before:
         assert time.monotonic() < deadline, "the generation was not cancelled"
         time.sleep(0.05)
-    assert metric(server, "leafresh_generations_active") == 0
+    assert metric(server.base_url, "leafresh_generations_active") == 0
     # Counted as what it was (issue #21: readers that left were counted as finish="length").
-    assert metric(server, 'leafresh_generations_total{finish="cancelled"}') >= 1
-    assert metric(server, 'leafresh_generations_total{finish="length"}') == 0
-    tokens = metric(server, "leafresh_generated_tokens_total")
+    assert metric(server.base_url, 'leafresh_generations_total{finish="cancelled"}') >= 1
+    assert metric(server.base_url, 'leafresh_generations_total{finish="length"}') == 0
+    tokens = metric(server.base_url, "leafresh_generated_tokens_total")
     time.sleep(0.5)
-    assert metric(server, "leafresh_generated_tokens_total") == tokens  # nothing decodes any more
+    assert metric(server.base_url, "leafresh_generated_tokens_total") == tokens  # nothing decodes any more
     # The next request is served at once: no queue wait, no slot left behind.
-    waits_before = metric(server, "leafresh_queue_wait_seconds_sum")
+    waits_before = metric(server.base_url, "leafresh_queue_wait_seconds_sum")
     with (
         httpx.Client(timeout=TIMEOUT) as client,
         connect_sse(client, "GET", f"{server.base_url}{BASE}/base-info", params=QUERY, headers=SSE) as source,
     ):
         names = [event.event for event in source.iter_sse()]
     assert names[-1] == "close" and "error" not in names
-    assert metric(server, "leafresh_queue_wait_seconds_sum") - waits_before < 1.0
+    assert metric(server.base_url, "leafresh_queue_wait_seconds_sum") - waits_before < 1.0
 
 
 INJECTIONS = [
@@ -97,7 +87,7 @@ def test_prompt_injection_never_breaks_the_answer(server: ServiceProcess, messag
     assert close["status"] == 200
     answer = Answer.model_validate(close["data"])
     assert len(answer.challenges) == 3
-    assert metric(server, "leafresh_answer_schema_failures_total") == 0
+    assert metric(server.base_url, "leafresh_answer_schema_failures_total") == 0
 
 
 def _read_in_background(url: str, params: dict[str, str], events: list[tuple[str, str]]) -> threading.Thread:
@@ -172,14 +162,14 @@ def test_sigterm_cuts_what_outlives_the_grace_with_error_and_close(
 def test_a_json_client_that_leaves_cancels_its_generation(server: ServiceProcess) -> None:
     # Regression (#13): a POST without Accept: text/event-stream kept generating for a client
     # that was gone, holding a slot to the end: a cheap flood.
-    before = metric(server, "leafresh_generations_cancelled_total")
+    before = metric(server.base_url, "leafresh_generations_cancelled_total")
     with pytest.raises(httpx.ReadTimeout):
         httpx.post(f"{server.base_url}{BASE}/base-info", json=QUERY, timeout=httpx.Timeout(10.0, read=0.5))
     deadline = time.monotonic() + 30
-    while metric(server, "leafresh_generations_cancelled_total") <= before:
+    while metric(server.base_url, "leafresh_generations_cancelled_total") <= before:
         assert time.monotonic() < deadline, "the generation was not cancelled"
         time.sleep(0.05)
-    assert metric(server, "leafresh_generations_active") == 0
+    assert metric(server.base_url, "leafresh_generations_active") == 0
 
 
 def test_a_normal_user_is_answered_while_one_client_floods_and_two_amplify_their_prompts(

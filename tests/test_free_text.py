@@ -15,10 +15,8 @@ from service.recommend.serving import RecommendationService
 from service.recommend.sessions import MemorySessionStore, SessionUpdate, Turn
 from service.settings import Settings
 from tests.fakes import GOOD_OUTPUT, ScriptedEngine
+from tests.support.queries import BASE
 from tests.support.sse import app_client, app_events
-
-SSE = {"Accept": "text/event-stream"}
-BASE = "/ai/chatbot/recommendation"
 
 
 class Conversation:

@@ -17,11 +17,11 @@ from service.logs import redact_url
 from service.recommend.sessions import MemorySessionStore, Session, Turn
 from service.settings import Settings, describe_settings_error
 from tests.fakes import GOOD_OUTPUT, ScriptedEngine
+from tests.support.queries import BASE, SSE
+from tests.support.queries import QUERY as BASE_INFO_QUERY
 from tests.support.sse import app_client, app_events, ends_with_one_close
 
-SSE = {"Accept": "text/event-stream"}
-BASE = "/ai/chatbot/recommendation"
-QUERY = {"sessionId": "u1", "location": "도시", "workType": "사무직", "category": "비건"}
+QUERY = {**BASE_INFO_QUERY, "sessionId": "u1"}
 # Without a session: requests of different users, which may run at once.
 ANONYMOUS = {key: value for key, value in QUERY.items() if key != "sessionId"}
 

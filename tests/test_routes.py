@@ -18,11 +18,11 @@ from service.recommend.serving import RecommendationService
 from service.recommend.sessions import MemorySessionStore
 from service.settings import Settings
 from tests.fakes import GOOD_OUTPUT, ScriptedEngine
+from tests.support.queries import BASE, SSE
+from tests.support.queries import QUERY as BASE_INFO_QUERY
 from tests.support.sse import app_client, ends_with_one_close
 
-SSE = {"Accept": "text/event-stream"}
-BASE = "/ai/chatbot/recommendation"
-QUERY = {"sessionId": "u1", "location": "도시", "workType": "사무직", "category": "비건"}
+QUERY = {**BASE_INFO_QUERY, "sessionId": "u1"}
 
 
 def run(coro: Any) -> Any:
