@@ -120,6 +120,8 @@ class HeaderDeadlineProtocol(H11Protocol):
 def build_server(
     app: object, host: str, port: int, drain: Drain, grace_s: Callable[[], float], request_timeout_s: float
 ) -> DrainingServer:
+    # uvicorn builds one protocol object per connection from the class it is given, with its own
+    # arguments: a subclass carrying the setting is the way to hand the deadline in.
     protocol = type("Protocol", (HeaderDeadlineProtocol,), {"header_timeout_s": request_timeout_s})
     config = uvicorn.Config(
         app,  # type: ignore[arg-type]
