@@ -23,16 +23,24 @@ from tests.support.service_process import free_port
 TIMEOUT_S = 1.0
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[tuple[DrainingServer, int]]:
-    settings = Settings(_env_file=None, max_body_bytes=4096, max_message_chars=500, request_timeout_s=TIMEOUT_S)
-    app = create_app(settings, ScriptedEngine())
+def serve_in_thread(settings: Settings, engine: ScriptedEngine) -> tuple[DrainingServer, int, threading.Thread]:
+    """The real server around an app on ``engine``, on a free loopback port, started."""
+    app = create_app(settings, engine)
+    app.state.ready.set()
     port = free_port()
-    running = build_server(app, "127.0.0.1", port, app.state.drain, lambda: 1.0, settings.request_timeout_s)
+    grace = float(settings.shutdown_grace_s) if settings.shutdown_grace_s != "auto" else 1.0
+    running = build_server(app, "127.0.0.1", port, app.state.drain, lambda: grace, settings.request_timeout_s)
     thread = threading.Thread(target=running.run, daemon=True)
     thread.start()
     while not running.started:
         time.sleep(0.01)
+    return running, port, thread
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[tuple[DrainingServer, int]]:
+    settings = Settings(_env_file=None, max_body_bytes=4096, max_message_chars=500, request_timeout_s=TIMEOUT_S)
+    running, port, thread = serve_in_thread(settings, ScriptedEngine())
     yield running, port
     running.should_exit = True
     thread.join(timeout=10)
@@ -115,14 +123,7 @@ def test_a_body_over_the_limit_gets_413_and_nothing_more_is_read(server: tuple[D
 def test_a_second_sigterm_cuts_what_the_first_let_run() -> None:
     """The first SIGTERM drains (the stream goes on, /ready says 503); a second cuts at once."""
     settings = Settings(_env_file=None, shutdown_grace_s=600)
-    app = create_app(settings, ScriptedEngine(delay_s=0.05))  # about 5 s an answer
-    app.state.ready.set()
-    port = free_port()
-    running = build_server(app, "127.0.0.1", port, app.state.drain, lambda: 600.0, settings.request_timeout_s)
-    thread = threading.Thread(target=running.run, daemon=True)
-    thread.start()
-    while not running.started:
-        time.sleep(0.01)
+    running, port, thread = serve_in_thread(settings, ScriptedEngine(delay_s=0.05))  # about 5 s an answer
     with (
         httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as client,
         client.stream("GET", f"{BASE}/base-info", params=QUERY, headers=SSE) as stream,
