@@ -69,8 +69,9 @@ class DrainingServer(uvicorn.Server):
             grace,
         )
         cut = await self.drain.run(grace)
-        if cut:
-            logger.warning("shutdown grace of %.0f s over: %d still running were cut with 503", grace, cut)
+        if self.drain.cut.is_set():
+            # The grace ran out, or a second signal cut at once while the drain waited.
+            logger.warning("after %.1f s, %d still running were cut with 503", perf_counter() - started, cut)
         else:
             logger.info("drained in %.1f s: every accepted request ended on its own", perf_counter() - started)
         self.should_exit = True
