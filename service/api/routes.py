@@ -7,7 +7,7 @@ import contextlib
 from collections.abc import AsyncGenerator, Awaitable
 from dataclasses import replace
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 from fastapi import APIRouter, Depends, Request
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse, Response
@@ -27,7 +27,9 @@ from service.recommend.contract import (
 )
 from service.recommend.protocol import (
     BaseInfoBody,
+    BaseInfoRequest,
     FreeTextBody,
+    FreeTextRequest,
     decode_twice_encoded,
     parse_base_info,
     parse_free_text,
@@ -137,6 +139,14 @@ def client_key(request: Request, session_id: str | None) -> str:
     return f"peer:{request.client.host if request.client else 'unknown'}"
 
 
+Checked = TypeVar("Checked", BaseInfoRequest, FreeTextRequest)
+
+
+def _of_client(request: Request, checked: Checked) -> Checked:
+    """The checked request, with who is asking."""
+    return replace(checked, client=client_key(request, checked.session_id))
+
+
 def _one_of_each(request: Request, *names: str) -> None:
     query = {name: request.query_params.getlist(name) for name in names}
     single_values(query, names)
@@ -158,15 +168,13 @@ async def base_info_stream(
         "workType": _query(workType),
         "category": _query(category),
     }
-    checked = parse_base_info(values)
-    checked = replace(checked, client=client_key(request, checked.session_id))
+    checked = _of_client(request, parse_base_info(values))
     return _stream(request, service.stream_base_info(checked))
 
 
 @router.post("/base-info", summary="Three challenges as a stream (Accept: text/event-stream) or one JSON answer")
 async def base_info(request: Request, service: ServiceDep, body: BaseInfoBody) -> Response:
-    checked = parse_base_info(body.model_dump())
-    checked = replace(checked, client=client_key(request, checked.session_id))
+    checked = _of_client(request, parse_base_info(body.model_dump()))
     if wants_event_stream(request):
         return _stream(request, service.stream_base_info(checked))
     return await _json_answer(request, service.answer_base_info(checked))
@@ -180,17 +188,14 @@ async def free_text_stream(
     message: str | None = None,
 ) -> Response:
     _one_of_each(request, "sessionId", "message")
-    checked = parse_free_text(
-        {"sessionId": _query(sessionId), "message": _query(message)}, service.settings.max_message_chars
-    )
-    checked = replace(checked, client=client_key(request, checked.session_id))
+    values = {"sessionId": _query(sessionId), "message": _query(message)}
+    checked = _of_client(request, parse_free_text(values, service.settings.max_message_chars))
     return _stream(request, service.stream_free_text(checked))
 
 
 @router.post("/free-text", summary="Free-text challenges as a stream (Accept: text/event-stream) or one JSON answer")
 async def free_text(request: Request, service: ServiceDep, body: FreeTextBody) -> Response:
-    checked = parse_free_text(body.model_dump(), service.settings.max_message_chars)
-    checked = replace(checked, client=client_key(request, checked.session_id))
+    checked = _of_client(request, parse_free_text(body.model_dump(), service.settings.max_message_chars))
     if wants_event_stream(request):
         return _stream(request, service.stream_free_text(checked))
     return await _json_answer(request, service.answer_free_text(checked))

@@ -52,7 +52,7 @@ from service.recommend.deadline import AUTO_GRACE_UNMEASURED_S, AUTO_MAX_S, plan
 from service.recommend.prompts import EXAMPLE_ANSWER, base_info_messages, free_text_messages
 from service.recommend.protocol import BaseInfoRequest, FreeTextRequest
 from service.recommend.rendering import AnswerRenderer
-from service.recommend.sessions import Session, SessionBusy, SessionStore, SessionUpdate, Turn
+from service.recommend.sessions import Session, SessionBusy, SessionStore, SessionUpdate, Turn, unreadable_fields
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -251,10 +251,9 @@ class RecommendationService:
         try:
             return await self.sessions.load(session_id)
         except ValidationError as exc:
-            # A stored turn this build cannot read: name the fields, never their values (a
-            # user's message is in them).
-            places = sorted({".".join(str(part) for part in error["loc"]) for error in exc.errors()})
-            raise StoreUnavailable(detail=f"session load failed: unreadable stored fields {places}") from exc
+            # A store that does not repair what it cannot read (the Redis store does).
+            detail = f"session load failed: unreadable stored fields {unreadable_fields(exc)}"
+            raise StoreUnavailable(detail=detail) from exc
         except Exception as exc:
             raise StoreUnavailable(detail=f"session load failed: {type(exc).__name__}: {exc}") from exc
 
@@ -314,8 +313,7 @@ class RecommendationService:
 
     def stream_free_text(self, request: FreeTextRequest) -> AsyncGenerator[Event, None]:
         if not self._is_blocked(request.message):
-            self.admission.check(request.client)
-            self._spend_prompt_budget(request)
+            self._admit_free_text(request)
         return _ending_with_close(self._free_text_events(request), "free-text")
 
     async def _free_text_events(self, request: FreeTextRequest) -> AsyncGenerator[Event, None]:
@@ -334,14 +332,15 @@ class RecommendationService:
     async def answer_free_text(self, request: FreeTextRequest) -> Body:
         if self._is_blocked(request.message):
             return Body(status=200, message=MSG_GUIDE_DONE, data=GUIDE_ANSWER.to_data())
-        self.admission.check(request.client)
-        self._spend_prompt_budget(request)
+        self._admit_free_text(request)
         async with self._one_turn(request.session_id):
             answer = await self._answer(await self._free_text_job(request))
         return Body(status=200, message=MSG_FREE_TEXT_ANSWER, data=answer.to_data())
 
-    def _spend_prompt_budget(self, request: FreeTextRequest) -> None:
-        """A message's tokens come out of its client's budget per minute, before anything runs."""
+    def _admit_free_text(self, request: FreeTextRequest) -> None:
+        """Room in the queue for this client, then the message's tokens out of its budget per
+        minute; both before the response starts, so JSON clients get a real 503 or 429."""
+        self.admission.check(request.client)
         wait_s = self.message_budget.spend(request.client, self.engine.count_text_tokens(request.message))
         if wait_s > 0:
             self.metrics.over_budget.inc()

@@ -99,6 +99,12 @@ class SessionUpdate(BaseModel):
     base_category: str | None = None
 
 
+def unreadable_fields(error: ValidationError) -> list[str]:
+    """Where a stored session failed to read: field names only, never their values (a user's
+    messages are in them), for the log."""
+    return sorted({".".join(str(part) for part in item["loc"]) for item in error.errors()})
+
+
 class SessionBusy(Exception):
     """Another turn of this conversation is running (on this replica or another)."""
 
@@ -302,9 +308,8 @@ class RedisSessionStore:
                     turns=[Turn.model_validate_json(turn) for turn in turns],
                 )
             except ValidationError as exc:
-                # Field names only: the values hold the user's messages.
-                places = sorted({".".join(str(part) for part in error["loc"]) for error in exc.errors()})
-                logger.warning("session %s could not be read (%s): started again", session_id[:8], places)
+                fields = unreadable_fields(exc)
+                logger.warning("session %s could not be read (%s): started again", session_id[:8], fields)
                 await self._redis.delete(fields_key, turns_key)
                 if self.on_reset is not None:
                     self.on_reset()
