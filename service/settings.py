@@ -147,7 +147,8 @@ class Settings(BaseSettings):
         le=8192,
         description=(
             "Prompt tokens a decode step may carry while other requests are writing their answers, shortest "
-            "prompt first: a long prompt cannot stall everyone's next word."
+            "prompt first: a longer prompt goes in chunks of a sixteenth of it, and waits while another request "
+            "writes its first words, so it cannot stall everyone's next word."
         ),
     )
     queue_timeout_s: float = Field(default=60.0, ge=0.1, le=3600, description="Longest wait for the engine before 503.")

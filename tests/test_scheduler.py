@@ -6,6 +6,8 @@ from __future__ import annotations
 import pytest
 
 from service.engine.scheduler import (
+    FIRST_WORDS_STEPS,
+    LONG_PROMPT_CHUNK_DIVISOR,
     PROMPT_HOLDER,
     DropHolder,
     KeepPrompt,
@@ -48,6 +50,12 @@ def decode_one(scheduler: Scheduler[str], token: int = 7) -> None:
         work.pending = [token]
     for work, take in scheduler.plan():
         scheduler.evaluated(work, take)
+
+
+def past_first_words(scheduler: Scheduler[str]) -> None:
+    """Decode until every running request has written its first words."""
+    for _ in range(FIRST_WORDS_STEPS):
+        decode_one(scheduler)
 
 
 def test_requests_join_in_order_while_sequences_are_free() -> None:
@@ -98,6 +106,18 @@ def test_a_request_waits_for_a_prompt_being_evaluated_that_it_shares_more_with()
     assert len(second.cached) == len(INSTRUCTIONS)
 
 
+def test_a_request_waiting_to_share_does_not_hold_up_those_behind_it() -> None:
+    """Issue #21: a normal request waited 8 s in the queue behind an abuser's second long
+    message, which was waiting to share the first one's instructions."""
+    scheduler: Scheduler[str] = Scheduler(max_running=4, step_tokens=64)
+    scheduler.add(ScheduledRequest(prompt=[*range(5000, 5500), 1], payload="first long"))
+    start_all(scheduler)
+    scheduler.add(ScheduledRequest(prompt=[*range(5000, 5500), 2], payload="second long"))
+    scheduler.add(ScheduledRequest(prompt=[9, 9, 9], payload="normal"))
+    assert [work.payload for work in start_all(scheduler)] == ["normal"]
+    assert [work.payload for work in scheduler.waiting] == ["second long"]
+
+
 def test_a_cancelled_request_is_let_through_to_be_ended() -> None:
     scheduler: Scheduler[str] = Scheduler(max_running=4, step_tokens=64)
     scheduler.add(request([1], "cold"))
@@ -114,13 +134,13 @@ def test_a_step_takes_decoding_tokens_first_then_prompt_chunks_within_the_budget
     (decoding,) = start_all(scheduler)
     run_prompts(scheduler)
     decoding.pending = [5, 6, 7]  # a token and two forced ones
-    scheduler.add(ScheduledRequest(prompt=list(range(1000, 1600)), payload="long prompt"))
-    (long,) = start_all(scheduler)
+    scheduler.add(ScheduledRequest(prompt=list(range(1000, 1250)), payload="prompt"))
+    (prompt,) = start_all(scheduler)
     plan = scheduler.plan()
-    assert [(r.payload, take) for r, take in plan] == [("decoding", 3), ("long prompt", 253)]
+    assert [(r.payload, take) for r, take in plan] == [("decoding", 3), ("prompt", 250)]
     for work, take in plan:
         scheduler.evaluated(work, take)
-    assert long.phase is Phase.PREFILL and len(long.cached) == 253
+    assert prompt.phase is Phase.DECODING and len(prompt.cached) == 250
 
 
 def test_the_holder_is_dropped_before_anyone_is_preempted() -> None:
@@ -132,6 +152,22 @@ def test_the_holder_is_dropped_before_anyone_is_preempted() -> None:
     assert scheduler.holder == []
 
 
+def test_a_full_cache_frees_the_kept_prompts_own_tail_before_the_instructions() -> None:
+    """Issue #21: an abuser's 2,000-token message, kept whole and dropped whole, took the
+    instructions with it, and the next normal request evaluated them all again."""
+    scheduler: Scheduler[str] = Scheduler(max_running=3, step_tokens=4096)
+    for name, tail in [("normal", [1]), ("amplified", list(range(5000, 7000)))]:
+        scheduler.add(request(tail, name))
+        (work,) = start_all(scheduler)
+        run_prompts(scheduler)
+        scheduler.release(work)
+    assert len(scheduler.holder) == len(INSTRUCTIONS) + 2000
+    assert scheduler.cache_full() == DropHolder(keep=len(INSTRUCTIONS))
+    assert scheduler.holder == INSTRUCTIONS
+    assert scheduler.cache_full() == DropHolder(keep=0)
+    assert scheduler.holder == []
+
+
 def test_the_youngest_is_preempted_keeps_its_tokens_and_goes_first_when_room_returns() -> None:
     scheduler: Scheduler[str] = Scheduler(max_running=3, step_tokens=512)
     for name in "abc":
@@ -139,8 +175,8 @@ def test_the_youngest_is_preempted_keeps_its_tokens_and_goes_first_when_room_ret
         start_all(scheduler)
         run_prompts(scheduler)
     decode_one(scheduler)
-    scheduler.cache_full()  # the holder first
-    action = scheduler.cache_full()
+    while isinstance(action := scheduler.cache_full(), DropHolder):  # the holder first
+        pass
     assert isinstance(action, Preempt)
     victim = action.request
     assert (victim.payload, action.seq_id, victim.phase) == ("c", 3, Phase.PREEMPTED)
@@ -201,8 +237,8 @@ def test_a_preempted_request_waiting_for_room_still_meets_its_deadline() -> None
     scheduler.add(hurried)
     start_all(scheduler)
     run_prompts(scheduler)
-    scheduler.cache_full()  # the holder
-    action = scheduler.cache_full()
+    while isinstance(action := scheduler.cache_full(), DropHolder):  # the holder first
+        pass
     assert isinstance(action, Preempt) and action.request is hurried
     assert scheduler.next_to_start() is None  # no room until the patient one finishes
     assert [(w.payload, cancelled) for w, cancelled in scheduler.overdue(now=20.0)] == [("hurried", False)]
@@ -216,15 +252,46 @@ def test_while_others_decode_a_step_carries_a_bounded_prompt_share_shortest_prom
     scheduler.add(request([1], "decoding"))
     (decoding,) = start_all(scheduler)
     run_prompts(scheduler)
-    decoding.pending = [5]
+    past_first_words(scheduler)
     scheduler.add(ScheduledRequest(prompt=list(range(5000, 7000)), payload="amplified"))
+    scheduler.add(ScheduledRequest(prompt=list(range(3000, 3300)), payload="second long"))
     scheduler.add(ScheduledRequest(prompt=list(range(9000, 9040)), payload="normal"))
     start_all(scheduler)
+    decoding.pending = [5]
     plan = [(r.payload, take) for r, take in scheduler.plan()]
-    assert plan == [("decoding", 1), ("normal", 40), ("amplified", 56)]
+    assert plan == [("decoding", 1), ("normal", 40)]  # long prompts wait while it starts
+    scheduler.release(next(r for r in scheduler.running if r.payload == "normal"))
+    plan = [(r.payload, take) for r, take in scheduler.plan()]
+    # A long prompt goes in chunks of a sixteenth of the share, the shorter first, one a step.
+    assert plan == [("decoding", 1), ("second long", 96 // LONG_PROMPT_CHUNK_DIVISOR)]
     # With nobody decoding, prompts get the whole step again.
     decoding.pending = []
     assert sum(take for _, take in scheduler.plan()) == 512
+
+
+def test_a_long_prompt_waits_while_another_request_writes_its_first_words() -> None:
+    """Issue #21: a normal user's first words came after 3.7 s instead of 0.3 s while two
+    abusers' long prompts rode along in every step; they now wait, but never for ever."""
+    scheduler: Scheduler[str] = Scheduler(max_running=4, step_tokens=512, prefill_tokens=256)
+    scheduler.add(request([1], "normal"))
+    scheduler.add(ScheduledRequest(prompt=list(range(5000, 7000)), payload="amplified"))
+    normal, amplified = start_all(scheduler)
+    assert [(r.payload, take) for r, take in scheduler.plan()] == [("normal", 201), ("amplified", 311)]
+    for work, take in [(normal, 201), (amplified, 11)]:
+        scheduler.evaluated(work, take)
+    steps_held = 0
+    while not any(work is amplified for work, _ in plan_of(scheduler, normal)):
+        steps_held += 1
+    assert steps_held == FIRST_WORDS_STEPS  # held back only while the normal request starts
+
+
+def plan_of(scheduler: Scheduler[str], decoding: ScheduledRequest[str]) -> list[tuple[ScheduledRequest[str], int]]:
+    """One step in which ``decoding`` samples a token."""
+    decoding.pending = [7]
+    plan = scheduler.plan()
+    for work, take in plan:
+        scheduler.evaluated(work, take)
+    return plan
 
 
 def test_a_request_does_not_wait_for_a_much_longer_prompt_to_share_its_beginning() -> None:

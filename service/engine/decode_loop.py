@@ -304,7 +304,7 @@ class DecodeLoop:
         except NoRoom as exc:
             raise GenerationFailed(str(exc)) from exc
         if isinstance(action, DropHolder):
-            self._runner.forget(PROMPT_HOLDER)
+            self._runner.forget(PROMPT_HOLDER, action.keep)
             return
         self._runner.forget(action.seq_id)
         action.request.payload.stats.preemptions += 1

@@ -4,12 +4,17 @@ the runner (issue #14, in the manner of vLLM's scheduler / model-runner split).
 
 - Requests join between steps while a sequence id is free, in arrival order. A request whose
   prompt shares much more with a prompt still being evaluated than with the kept one waits for
-  that prompt to finish, then copies it instead of evaluating the same instructions beside it.
+  that prompt to finish, then copies it instead of evaluating the same instructions beside it;
+  those behind it do not wait with it.
 - Sequence 0 holds the last finished prompt; a joining request copies the prefix it shares
   with it (in a unified KV cache that copy only tags cells).
 - A step takes one token (or a jump-forward run) from every decoding request first, then
   prompt chunks in what is left of the batch, so one cold prompt does not stall the others.
-- When the cache is full the kept prompt goes first, then the youngest request is preempted:
+  While others decode, a prompt longer than the step's prompt share is evaluated in small
+  chunks, and not at all while another request is writing its first words (issue #21).
+- When the cache is full the kept prompt's own tail goes first (what it did not share with the
+  prompt kept before it: a request's facts or an abuser's long message, issue #21), then the
+  rest of it, then the youngest request is preempted:
   it keeps its tokens and waits at the head of the queue to be evaluated again (recompute).
   Nobody joins until a request finishes, so joining and preempting never take turns.
 """
@@ -26,6 +31,11 @@ from typing import Generic, TypeVar
 PROMPT_HOLDER = 0  # the sequence id that keeps the last prompt for the next request to share
 # A request waits for a prompt being evaluated when that one shares this many more tokens.
 SHARE_LATER_MARGIN = 64
+# Decode steps in which a request is "starting": its first readable words take about this many
+# on the embedded model (JSON keys are forced in runs, so most steps write text).
+FIRST_WORDS_STEPS = 16
+# While others decode, a long prompt advances by this fraction of the step's prompt share.
+LONG_PROMPT_CHUNK_DIVISOR = 16
 
 
 class Phase(StrEnum):
@@ -57,6 +67,10 @@ class ScheduledRequest(Generic[Payload]):
     # Its prompt was evaluated (once is enough: a preempted request's second evaluation is not
     # a prompt for others to share, and it decodes first in every step).
     prompt_evaluated: bool = False
+    # Its prompt did not fit in one step's prompt share while others decode (issue #21).
+    long_prompt: bool = False
+    decode_steps: int = 0  # steps since its prompt was evaluated
+    held_back: int = 0  # steps in a row a long prompt waited for others' first words
 
     @property
     def tokens(self) -> list[int]:
@@ -85,7 +99,9 @@ class KeepPrompt:
 
 @dataclass(frozen=True)
 class DropHolder:
-    """Free the prompt holder's cells."""
+    """Free the prompt holder's cells from position ``keep`` on."""
+
+    keep: int = 0
 
 
 @dataclass(frozen=True)
@@ -120,6 +136,9 @@ class Scheduler(Generic[Payload]):
         self.waiting: deque[ScheduledRequest[Payload]] = deque()
         self.running: list[ScheduledRequest[Payload]] = []  # in admission order: last = youngest
         self.holder: list[int] = []  # the tokens the prompt holder keeps
+        # How much of the holder the prompt kept before it shared too: what the next prompt
+        # most likely shares (the instructions), kept when the cache is full.
+        self._holder_shared = 0
         self._free_ids = deque(range(PROMPT_HOLDER + 1, PROMPT_HOLDER + 1 + max_running))
         self._room_wanted = False  # a request was preempted: admit nobody until one finishes
 
@@ -136,10 +155,14 @@ class Scheduler(Generic[Payload]):
         too, for the loop to end."""
         if not self.admissible():
             return None
-        head = self.waiting[0]
-        if not head.cancelled.is_set() and self._better_shared_later(head):
-            return None
-        return self.waiting.popleft()
+        # In arrival order, passing over those that wait to share a prompt being evaluated:
+        # issue #21 saw a normal request queued 8 s behind an abuser's second long message,
+        # which waited for the first one.
+        for request in self.waiting:
+            if request.cancelled.is_set() or not self._better_shared_later(request):
+                self.waiting.remove(request)
+                return request
+        return None
 
     def _better_shared_later(self, request: ScheduledRequest[Payload]) -> bool:
         """Whether to wait for a prompt being evaluated that shares more with this one, and copy
@@ -166,6 +189,8 @@ class Scheduler(Generic[Payload]):
         shared = min(common_prefix(self.holder, tokens), len(tokens) - 1)
         request.seq_id = self._free_ids.popleft()
         request.cached, request.pending = tokens[:shared], tokens[shared:]
+        if not request.prompt_evaluated:
+            request.long_prompt = len(request.pending) > self.prefill_tokens
         request.phase = Phase.PREFILL
         self.running.append(request)
         return Admission(request, max(shared, 0))
@@ -197,10 +222,17 @@ class Scheduler(Generic[Payload]):
     # -- the step ----------------------------------------------------------------------------
 
     def plan(self) -> list[tuple[ScheduledRequest[Payload], int]]:
-        """(request, how many of its pending tokens) for the next step: decoding requests
-        first, then prompt chunks within ``step_tokens``, and within ``prefill_tokens`` while
-        anyone decodes; the shortest prompt first, so a long one cannot hold up the first word
-        of a short one."""
+        """(request, how many of its pending tokens) for the next step; called once a step.
+
+        Decoding requests first, then prompt chunks within ``step_tokens``, and within
+        ``prefill_tokens`` while anyone decodes, the shortest prompt first, so a long one cannot
+        hold up the first word of a short one. While anyone decodes, a long prompt (one that did
+        not fit in ``prefill_tokens``) advances by a sixteenth of it, one long prompt a step, and
+        waits while another request is starting (its short prompt, or its first
+        FIRST_WORDS_STEPS steps), for at most that many steps in a row. Issue #21: prompt tokens
+        cost about the same per token in any chunk size, but each one in a step delays every
+        decoding request's next token; two abusers' 2,000-token prompts in 256-token chunks made
+        each step last a second, and a normal user's first words came after 3.7 s, not 0.3 s."""
         budget = self.step_tokens
         plan = []
         decoding = [r for r in self.running if r.prompt_evaluated and r.pending]
@@ -213,12 +245,28 @@ class Scheduler(Generic[Payload]):
         prompts = sorted(
             (r for r in self.running if not r.prompt_evaluated and r.pending), key=lambda r: len(r.pending)
         )
+        someone_starting = any(self._starting(r) for r in self.running)
+        long_taken = False
         for request in prompts:
             take = min(len(request.pending), budget)
+            if decoding and request.long_prompt:
+                if long_taken or (someone_starting and request.held_back < FIRST_WORDS_STEPS):
+                    request.held_back += 1
+                    continue
+                take = min(take, max(1, self.prefill_tokens // LONG_PROMPT_CHUNK_DIVISOR))
+                long_taken = True
             if take:
+                request.held_back = 0
                 plan.append((request, take))
                 budget -= take
         return plan
+
+    def _starting(self, request: ScheduledRequest[Payload]) -> bool:
+        """Whether ``request`` is about to write its first words, which a long prompt should
+        not slow down."""
+        if request.prompt_evaluated:
+            return request.decode_steps < FIRST_WORDS_STEPS
+        return not request.long_prompt
 
     def evaluated(self, request: ScheduledRequest[Payload], take: int) -> KeepPrompt | None:
         """``take`` of ``request``'s pending tokens are in the cache now. When that finished
@@ -226,6 +274,8 @@ class Scheduler(Generic[Payload]):
         or the next turn of the same conversation)."""
         request.cached.extend(request.pending[:take])
         del request.pending[:take]
+        if request.prompt_evaluated:
+            request.decode_steps += 1
         if request.pending or request.phase is Phase.DECODING:
             return None
         request.phase = Phase.DECODING
@@ -234,13 +284,20 @@ class Scheduler(Generic[Payload]):
         request.prompt_evaluated = True
         common = common_prefix(self.holder, request.prompt)
         self.holder = list(request.prompt)
+        self._holder_shared = common
         return KeepPrompt(request.seq_id, common, request.prompt)
 
     def cache_full(self) -> DropHolder | Preempt[Payload]:
-        """What to free when the cache cannot take the step: the kept prompt, then the
-        youngest request. Raises NoRoom when a request alone does not fit."""
+        """What to free when the cache cannot take the step: the kept prompt's own tail, then
+        the rest of it, then the youngest request. Raises NoRoom when a request alone does not
+        fit. Issue #21: dropping an abuser's 2,500-token prompt whole also dropped the
+        instructions, and the next normal request evaluated 862 tokens instead of 98."""
+        if 0 < self._holder_shared < len(self.holder):
+            del self.holder[self._holder_shared :]
+            return DropHolder(keep=self._holder_shared)
         if self.holder:
             self.holder = []
+            self._holder_shared = 0
             return DropHolder()
         if len(self.running) < 2:
             raise NoRoom("the KV cache has no room for a single sequence")
@@ -257,3 +314,4 @@ class Scheduler(Generic[Payload]):
     def reset(self) -> None:
         """After a failed step the cache is cleared: nothing is kept."""
         self.holder = []
+        self._holder_shared = 0

@@ -96,6 +96,7 @@ class _Job:
     history_used: int = 0
     history_total: int = 0
     answer: Answer | None = None
+    queued_seconds: float = 0.0  # waiting for a slot, before the engine saw it
     first_piece_seconds: float | None = None
     generated_tokens: int = 0
     tokens_per_second: float = 0.0
@@ -396,7 +397,8 @@ class RecommendationService:
         """Readable pieces as the model writes; then the answer is checked, the session
         written, and ``job.answer`` set. Waits its turn for the engine first (bounded); a
         reader that leaves cancels the generation."""
-        async with self.admission.ticket(job.client), aclosing(self._generate(job)) as pieces:
+        async with self.admission.ticket(job.client) as ticket, aclosing(self._generate(job)) as pieces:
+            job.queued_seconds = ticket.waited_s
             async for piece in pieces:
                 yield piece
 
@@ -484,12 +486,13 @@ class RecommendationService:
     def _log_done(self, job: _Job) -> None:
         first = f"{job.first_piece_seconds:.2f}s" if job.first_piece_seconds is not None else "-"
         logger.info(
-            "%s answered: category=%s tokens=%d tokens_per_s=%.1f first_piece=%s history_turns=%d/%d "
+            "%s answered: category=%s tokens=%d tokens_per_s=%.1f queued=%.2fs first_piece=%s history_turns=%d/%d "
             "prompt_tokens=%d cached_prompt_tokens=%d",
             job.route,
             job.category.code,
             job.generated_tokens,
             job.tokens_per_second,
+            job.queued_seconds,
             first,
             job.history_used,
             job.history_total,
