@@ -61,14 +61,13 @@ import numpy as np
 
 from service.engine import ChatMessage, GenerationRequest
 from service.engine.cpu_share import allowed_cores
-from service.engine.grammar import CHALLENGE_GRAMMAR_PATH
 from service.engine.llama import LlamaConfig, LlamaCppEngine
 from service.engine.memory_plan import MIB, plan, shape_from_gguf
 from service.engine.model_files import resolve_model_path
 from service.engine.text import hangul_syllables
+from service.recommend import answer
 from service.recommend.catalog import CATEGORIES, category_by_code
 from service.recommend.prompts import EXAMPLE_ANSWER, INSTRUCTIONS, base_info_messages
-from service.recommend.serving import CHALLENGE_GRAMMAR, answer_token_budget
 from service.tools.modelhub import DEFAULT_MODEL_DIR, load_catalog
 from tests.support.abuse import normal_user_under_abuse
 from tests.support.metrics import metric
@@ -76,7 +75,7 @@ from tests.support.queries import BASE_INFO, QUERY, SSE, as_user, rotating_queri
 from tests.support.service_process import ROOT, ServiceProcess
 
 MESSAGES = base_info_messages(QUERY["location"], QUERY["workType"], category_by_code("VEGAN"))
-GRAMMAR = CHALLENGE_GRAMMAR_PATH.read_text(encoding="utf-8")
+GRAMMAR = answer.grammar_text()
 FREE_TOKENS = 300
 
 
@@ -95,7 +94,7 @@ def load_engine(
         thread_policy=thread_policy,
         gpu_layers=gpu_layers,
     )
-    return LlamaCppEngine(config, {CHALLENGE_GRAMMAR: GRAMMAR})
+    return LlamaCppEngine(config, answer.grammars())
 
 
 def bench_ceiling(model: Path, runs: int, temperature: float, gpu_layers: int = 0) -> list[float]:
@@ -161,7 +160,7 @@ def bench_high_level(model: Path, runs: int, temperature: float) -> list[float]:
         chunks = 0
         first: float | None = None
         for _ in llm.create_chat_completion(
-            messages, grammar=grammar, max_tokens=answer_token_budget(), temperature=temperature, stream=True
+            messages, grammar=grammar, max_tokens=answer.max_tokens(), temperature=temperature, stream=True
         ):
             chunks += 1
             if first is None:
@@ -175,8 +174,8 @@ def bench_high_level(model: Path, runs: int, temperature: float) -> list[float]:
 def _request(messages: tuple[ChatMessage, ...], temperature: float, seed: int) -> GenerationRequest:
     return GenerationRequest(
         messages=messages,
-        grammar=CHALLENGE_GRAMMAR,
-        max_tokens=answer_token_budget(),
+        grammar=answer.GRAMMAR_NAME,
+        max_tokens=answer.max_tokens(),
         temperature=temperature,
         seed=seed,
     )
@@ -406,13 +405,13 @@ def _partial_character_tokens(engine: LlamaCppEngine, tokens: list[int]) -> int:
     return count
 
 
-def _forced_share(engine: LlamaCppEngine, answer: str) -> float:
-    """The share of ``answer``'s tokens that jump-forward appends: walk the model's own tokens
-    of the answer through the grammar; where the tokens it forces come next, they count as
-    forced, every other token as sampled."""
-    grammar = engine.grammars[CHALLENGE_GRAMMAR]
+def _forced_share(engine: LlamaCppEngine, text: str) -> float:
+    """The share of ``text``'s tokens (an answer) that jump-forward appends: walk the model's
+    own tokens of the answer through the grammar; where the tokens it forces come next, they
+    count as forced, every other token as sampled."""
+    grammar = engine.grammars[answer.GRAMMAR_NAME]
     matcher = llguidance.LLMatcher(grammar.tokenizer, grammar.definition)
-    tokens = engine._spelling(answer)
+    tokens = engine._spelling(text)
     forced = position = 0
     while position < len(tokens):
         jump = matcher.compute_ff_tokens()

@@ -37,10 +37,9 @@ import httpx
 
 from scripts.bench import GRAMMAR, bench_service, http_wave, load_engine, resolve_model
 from service.engine.cpu_share import allowed_cores
-from service.engine.grammar import CHALLENGE_GRAMMAR_PATH
+from service.recommend import answer
 from service.recommend.catalog import find_category
 from service.recommend.prompts import base_info_messages
-from service.recommend.serving import answer_token_budget
 from tests.support.queries import rotating_queries
 from tests.support.service_process import ROOT, free_port, stop_process, wait_until_answers
 
@@ -107,7 +106,7 @@ class PeerServer:
         self.base_url = f"http://127.0.0.1:{self.port}"
         command = [
             str(binary),
-            *("-m", str(model), "--grammar-file", str(CHALLENGE_GRAMMAR_PATH)),
+            *("-m", str(model), "--grammar-file", str(answer.GRAMMAR_PATH)),
             *("-np", str(PARALLEL), "-c", str(CONTEXT), "-t", str(threads), "-tb", str(threads)),
             *("--host", "127.0.0.1", "--port", str(self.port), "--no-webui"),
         ]
@@ -123,7 +122,7 @@ async def _peer(client: httpx.AsyncClient, tokens: list[int], temperature: float
     """One streamed /completion: (seconds to the first text after the opening, tokens)."""
     body = {
         "prompt": tokens,
-        "n_predict": answer_token_budget(),
+        "n_predict": answer.max_tokens(),
         # Our sampling: the whole softmax at this temperature. llama-server's defaults would
         # also cut to the top 40 tokens, top-p 0.95 and min-p 0.05: another distribution, whose
         # answers on SmolLM2 measured twice as long, and then per-answer figures compare

@@ -18,6 +18,7 @@ from service.api.server import serve
 from service.engine.loader import load_engine
 from service.engine.model_files import ModelFileError
 from service.logs import configure_logging, redact_url
+from service.recommend import answer
 from service.recommend.serving import StartupError
 from service.recommend.sessions import SessionStore
 from service.settings import Settings, describe_settings_error
@@ -68,7 +69,7 @@ def main() -> int:
     configure_logging(settings.log_level)
     try:
         sessions = open_session_store(settings)
-        engine = load_engine(settings)
+        engine = load_engine(settings, answer.grammars())
         app = create_app(settings, engine, sessions)
     except (ModelFileError, StartupError) as exc:
         sys.stderr.write(f"leafresh: {exc}\n")

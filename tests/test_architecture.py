@@ -1,10 +1,11 @@
 """The layers the README's tree shows, held by the imports: every module in a layer, each
 layer importing only those below it (api -> recommend -> engine; tools -> engine), no cycles,
-and a scheduler that decides without llama.cpp."""
+a scheduler that decides without llama.cpp, and an engine that knows no answer format."""
 
 from __future__ import annotations
 
 import ast
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -93,3 +94,18 @@ def test_the_scheduler_and_the_thread_governor_decide_without_llama_cpp() -> Non
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "False"]
+
+
+# What only the answer format (service/recommend/answer.py) knows: its grammar's name, its files,
+# its schema and its keys. A second answer format must not need a change in the engine (#23).
+ANSWER_FORMAT_WORDS = re.compile(r"challenge|schema|grammars/|recommend", re.IGNORECASE)
+
+
+def test_the_engine_knows_nothing_of_the_answer_format() -> None:
+    mentions = [
+        f"{path.relative_to(ROOT)}:{number}: {line.strip()}"
+        for path in sorted((SERVICE / "engine").rglob("*.py"))
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1)
+        if ANSWER_FORMAT_WORDS.search(line)
+    ]
+    assert not mentions, "\n".join(mentions)

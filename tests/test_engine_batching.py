@@ -21,16 +21,15 @@ from service.engine.base import (
     NoWordInTime,
     PromptDoesNotFit,
 )
-from service.engine.grammar import CHALLENGE_GRAMMAR_PATH
 from service.engine.llama import LlamaConfig, LlamaCppEngine
 from service.engine.model_files import ModelFileError
+from service.recommend import answer
 from service.recommend.answer import parse_model_output, render
 from service.recommend.catalog import CATEGORIES
 from service.recommend.prompts import base_info_messages
 from service.recommend.rendering import AnswerRenderer
-from service.recommend.serving import CHALLENGE_GRAMMAR, answer_token_budget
 
-GRAMMARS = {CHALLENGE_GRAMMAR: CHALLENGE_GRAMMAR_PATH.read_text(encoding="utf-8")}
+GRAMMARS = answer.grammars()
 
 
 def make_engine(path: Path, **config: object) -> LlamaCppEngine:
@@ -48,8 +47,8 @@ def request(index: int, max_tokens: int | None = None) -> GenerationRequest:
     category = CATEGORIES[index % len(CATEGORIES)]
     return GenerationRequest(
         messages=base_info_messages("도시", "사무직", category),
-        grammar=CHALLENGE_GRAMMAR,
-        max_tokens=max_tokens or answer_token_budget(),
+        grammar=answer.GRAMMAR_NAME,
+        max_tokens=max_tokens or answer.max_tokens(),
         temperature=0.7,
         seed=index,
     )
@@ -132,8 +131,8 @@ def test_a_request_past_its_deadline_leaves_the_batch_and_the_other_finishes(eng
         hurried = engine.submit(
             GenerationRequest(
                 messages=request(50).messages,
-                grammar=CHALLENGE_GRAMMAR,
-                max_tokens=answer_token_budget(),
+                grammar=answer.GRAMMAR_NAME,
+                max_tokens=answer.max_tokens(),
                 seed=50,
                 deadline_s=0.3,
             )
@@ -160,7 +159,7 @@ def test_a_request_whose_prompt_cannot_be_made_fails_alone_and_the_batch_goes_on
         await asyncio.sleep(0.2)
         broken = engine.submit(
             GenerationRequest(
-                messages=(ChatMessage("user", "\ud800 깨진 글자"),), grammar=CHALLENGE_GRAMMAR, max_tokens=16
+                messages=(ChatMessage("user", "\ud800 깨진 글자"),), grammar=answer.GRAMMAR_NAME, max_tokens=16
             )
         )
         with pytest.raises(GenerationFailed):

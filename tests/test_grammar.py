@@ -10,11 +10,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.engine.grammar import Grammar, GrammarError, load_challenge_grammar, load_challenge_schema
-from service.recommend.serving import answer_token_budget
+from service.recommend import answer
+from service.recommend.gbnf import Grammar, GrammarError
+from tests.support.gbnf_regex import compiled, matches, max_chars
 
-GRAMMAR = load_challenge_grammar()
-SCHEMA = load_challenge_schema()
+GRAMMAR = answer.grammar()
+SCHEMA = answer.load_schema()
 VALIDATOR = jsonschema.Draft202012Validator(SCHEMA)
 
 VALID = (
@@ -34,7 +35,7 @@ def schema_accepts(text: str) -> bool:
 
 
 def test_valid_example_is_accepted_by_both() -> None:
-    assert GRAMMAR.matches(VALID)
+    assert matches(GRAMMAR, VALID)
     assert schema_accepts(VALID)
 
 
@@ -67,12 +68,12 @@ def test_valid_example_is_accepted_by_both() -> None:
     ],
 )
 def test_broken_answers_are_rejected_by_both(name: str, broken: str) -> None:
-    assert not GRAMMAR.matches(broken), name
+    assert not matches(GRAMMAR, broken), name
     assert not schema_accepts(broken), name
 
 
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.from_regex(GRAMMAR.compiled, fullmatch=True))
+@given(st.from_regex(compiled(GRAMMAR), fullmatch=True))
 def test_every_text_the_grammar_allows_is_strict_json_that_the_schema_accepts(text: str) -> None:
     assert schema_accepts(text), text
 
@@ -100,19 +101,19 @@ def test_every_answer_the_schema_allows_is_allowed_by_the_grammar(recommend: str
     assert VALIDATOR.is_valid(document)
     # The grammar also fixes key order and allows no whitespace: compare the compact form.
     text = json.dumps(document, ensure_ascii=False, separators=(",", ":"))
-    assert GRAMMAR.matches(text), text
+    assert matches(GRAMMAR, text), text
 
 
 def test_schema_length_bounds_equal_the_grammar_bounds() -> None:
     sentence = SCHEMA["$defs"]["sentence"]
     title = SCHEMA["$defs"]["challenge"]["properties"]["title"]
-    assert sentence["maxLength"] == GRAMMAR.max_chars("sentence")
-    assert title["maxLength"] == len("1. ") + GRAMMAR.max_chars("title")
+    assert sentence["maxLength"] == max_chars(GRAMMAR, "sentence")
+    assert title["maxLength"] == len("1. ") + max_chars(GRAMMAR, "title")
 
 
 def test_token_budget_covers_the_longest_answer_in_bytes() -> None:
     # Every generated token carries at least one byte; plus one end-of-generation token.
-    assert answer_token_budget() == GRAMMAR.max_bytes() + 1
+    assert answer.max_tokens() == GRAMMAR.max_bytes() + 1
     longest_word = "힣" * 8
     longest_sentence = " ".join([longest_word] * 14)
     longest_title = " ".join([longest_word] * 6)
@@ -124,7 +125,7 @@ def test_token_budget_covers_the_longest_answer_in_bytes() -> None:
         ensure_ascii=False,
         separators=(",", ":"),
     )
-    assert GRAMMAR.matches(longest)
+    assert matches(GRAMMAR, longest)
     assert len(longest.encode("utf-8")) == GRAMMAR.max_bytes()
 
 

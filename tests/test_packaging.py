@@ -19,8 +19,8 @@ def test_a_wheel_carries_the_grammar_and_the_catalog_and_loads_them(tmp_path: Pa
     (wheel,) = tmp_path.glob("leafresh_recommender-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     for data in (
-        "service/engine/grammars/challenge.gbnf",
-        "service/engine/grammars/challenge.schema.json",
+        "service/recommend/grammars/challenge.gbnf",
+        "service/recommend/grammars/challenge.schema.json",
         "service/tools/models/catalog.toml",
         "service/api/page/index.html",
     ):
@@ -35,10 +35,10 @@ def test_a_wheel_carries_the_grammar_and_the_catalog_and_loads_them(tmp_path: Pa
     installed = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(installed)
     probe = (
-        "import service.engine.grammar as g, service.tools.modelhub as m;"
-        "assert g.load_challenge_grammar().max_bytes() > 0;"
+        "import service.recommend.answer as a, service.tools.modelhub as m;"
+        "assert a.max_tokens() > 1 and a.load_schema();"
         "assert m.load_catalog();"
-        "print(g.GRAMMAR_DIR.resolve(), m.CATALOG_PATH.resolve())"
+        "print(a.GRAMMAR_DIR.resolve(), m.CATALOG_PATH.resolve())"
     )
     result = subprocess.run(
         [sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(installed)!r}); {probe}"],

@@ -15,13 +15,12 @@ import pytest
 
 from service.engine import GenerationRequest
 from service.engine.base import FinishReason, GenerationStats
-from service.engine.grammar import CHALLENGE_GRAMMAR_PATH
 from service.engine.llama import LlamaConfig, LlamaCppEngine
 from service.engine.text import Utf8PieceDecoder
+from service.recommend import answer
 from service.recommend.answer import parse_model_output
 from service.recommend.catalog import CATEGORIES
 from service.recommend.prompts import INSTRUCTIONS, base_info_messages, free_text_messages
-from service.recommend.serving import CHALLENGE_GRAMMAR, answer_token_budget
 from service.recommend.sessions import Turn
 from tests.support.models import STANDIN_ID
 from tests.support.queries import BASE, QUERY, SSE
@@ -41,9 +40,7 @@ HISTORY = [
 @pytest.fixture(scope="module", params=MODELS)
 def engine(request: pytest.FixtureRequest) -> Iterator[LlamaCppEngine]:
     path: Path = request.getfixturevalue(f"{request.param}_path")
-    loaded = LlamaCppEngine(
-        LlamaConfig(path, parallel=2), {CHALLENGE_GRAMMAR: CHALLENGE_GRAMMAR_PATH.read_text(encoding="utf-8")}
-    )
+    loaded = LlamaCppEngine(LlamaConfig(path, parallel=2), answer.grammars())
     yield loaded
     asyncio.run(loaded.aclose())
 
@@ -102,7 +99,7 @@ def test_user_text_never_becomes_control_tokens(engine: LlamaCppEngine) -> None:
 def test_the_grammar_jumps_forward_on_every_tokenizer(engine: LlamaCppEngine) -> None:
     # A SentencePiece tokenizer (the stand-in's) writes a word-start space before text it is
     # given alone; the forced tokens must spell the forced text exactly, with no such space.
-    state = engine.grammars["challenge"].start(engine, jump_forward=True)
+    state = engine.grammars[answer.GRAMMAR_NAME].start(engine, jump_forward=True)
     tokens, text = state.accept_forced(100)
     assert tokens and text and '{"recommend":"'.startswith(text)
     assert b"".join(engine.piece(token) for token in tokens) == text.encode()
@@ -135,9 +132,7 @@ def test_standin_prompts_are_tokenized_as_mistral_tokenizes_them(standin_engine:
 
 @pytest.fixture(scope="module")
 def standin_engine(standin_path: Path) -> Iterator[LlamaCppEngine]:
-    loaded = LlamaCppEngine(
-        LlamaConfig(standin_path, parallel=2), {CHALLENGE_GRAMMAR: CHALLENGE_GRAMMAR_PATH.read_text(encoding="utf-8")}
-    )
+    loaded = LlamaCppEngine(LlamaConfig(standin_path, parallel=2), answer.grammars())
     yield loaded
     asyncio.run(loaded.aclose())
 
@@ -146,8 +141,8 @@ def test_a_standin_answer_jumps_forward_with_sentencepiece_pieces(standin_engine
     async def generate() -> tuple[list[str], GenerationStats]:
         request = GenerationRequest(
             messages=base_info_messages("바닷가", "현장직", CATEGORIES[1]),
-            grammar=CHALLENGE_GRAMMAR,
-            max_tokens=answer_token_budget(),
+            grammar=answer.GRAMMAR_NAME,
+            max_tokens=answer.max_tokens(),
             temperature=0.7,
             seed=7,
         )

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 from service.engine import GenerationRequest
-from service.engine.grammar import CHALLENGE_GRAMMAR_PATH
 from service.engine.llama import LlamaConfig, LlamaCppEngine
 from service.engine.memory_plan import gguf_file_type
+from service.recommend import answer
 from service.tools.quantize import QuantizeError, quantize
 from tests.support.service_process import ROOT
 from tests.tiny_gguf import write_tiny_llama
@@ -38,10 +38,10 @@ def test_f16_becomes_q4_k_m_that_the_engine_loads_and_runs(f16_model: Path, tmp_
     assert target.stat().st_size < f16_model.stat().st_size / 2
     assert not target.with_name(target.name + ".partial").exists()
 
-    engine = LlamaCppEngine(LlamaConfig(target, context_size=1024), {"g": CHALLENGE_GRAMMAR_PATH.read_text()})
+    engine = LlamaCppEngine(LlamaConfig(target, context_size=1024), answer.grammars())
 
     async def run() -> str:
-        request = GenerationRequest(messages=(), grammar="g", max_tokens=24, temperature=0.7, seed=3)
+        request = GenerationRequest(messages=(), grammar=answer.GRAMMAR_NAME, max_tokens=24, temperature=0.7, seed=3)
         generation = engine.submit(request)
         text = "".join([piece async for piece in generation])
         await engine.aclose()

@@ -17,13 +17,12 @@ import pytest
 
 from service.engine import GenerationRequest
 from service.engine.base import FinishReason
-from service.engine.grammar import CHALLENGE_GRAMMAR_PATH
 from service.engine.llama import LlamaConfig, LlamaCppEngine
+from service.recommend import answer
 from service.recommend.answer import parse_model_output, render
 from service.recommend.catalog import CATEGORIES, LOCATIONS, WORK_TYPES
 from service.recommend.prompts import base_info_messages
 from service.recommend.rendering import AnswerRenderer
-from service.recommend.serving import CHALLENGE_GRAMMAR, answer_token_budget
 
 # Every test here runs a real model (chosen by parameter, so no fixture says so).
 pytestmark = pytest.mark.model
@@ -36,9 +35,7 @@ PARALLEL = 4
 @pytest.fixture(params=["smollm", "gemma", "standin"])
 def engine(request: pytest.FixtureRequest) -> Iterator[LlamaCppEngine]:
     path: Path = request.getfixturevalue(f"{request.param}_path")
-    loaded = LlamaCppEngine(
-        LlamaConfig(path, parallel=PARALLEL), {CHALLENGE_GRAMMAR: CHALLENGE_GRAMMAR_PATH.read_text(encoding="utf-8")}
-    )
+    loaded = LlamaCppEngine(LlamaConfig(path, parallel=PARALLEL), answer.grammars())
     yield loaded
     asyncio.run(loaded.aclose())
 
@@ -50,8 +47,8 @@ async def generate_one(engine: LlamaCppEngine, seed: int) -> str | None:
     messages = base_info_messages(places[seed % len(places)], works[seed % len(works)], category)
     request = GenerationRequest(
         messages=messages,
-        grammar=CHALLENGE_GRAMMAR,
-        max_tokens=answer_token_budget(),
+        grammar=answer.GRAMMAR_NAME,
+        max_tokens=answer.max_tokens(),
         temperature=TEMPERATURE,
         seed=seed,
     )
@@ -62,9 +59,9 @@ async def generate_one(engine: LlamaCppEngine, seed: int) -> str | None:
         raw.append(piece)
         renderer.feed(piece)
     try:
-        answer = parse_model_output("".join(raw), category)
+        parsed = parse_model_output("".join(raw), category)
         assert generation.stats.finish_reason is FinishReason.STOP
-        assert renderer.text == render(answer)
+        assert renderer.text == render(parsed)
     except Exception as exc:  # noqa: BLE001 - count every kind of failure, report them all
         return f"seed {seed}: {exc!r}: {''.join(raw)[:300]}"
     return None

@@ -96,14 +96,14 @@ def test_the_context_check_counts_the_costliest_characters_a_message_may_hold(st
     # check promised to fit could be refused with 422.
     import asyncio
 
-    from service.engine.grammar import CHALLENGE_GRAMMAR_PATH
     from service.engine.llama import LlamaConfig, LlamaCppEngine
-    from service.recommend.serving import CHALLENGE_GRAMMAR, RecommendationService, StartupError
+    from service.recommend import answer
+    from service.recommend.serving import RecommendationService, StartupError
     from service.recommend.sessions import MemorySessionStore
     from service.settings import Settings
 
     settings = Settings(_env_file=None, max_message_chars=400)
-    grammars = {CHALLENGE_GRAMMAR: CHALLENGE_GRAMMAR_PATH.read_text(encoding="utf-8")}
+    grammars = answer.grammars()
 
     def service(context: int) -> RecommendationService:
         engine = LlamaCppEngine(LlamaConfig(standin_path, context_size=context, parallel=1), grammars)

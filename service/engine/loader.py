@@ -6,10 +6,10 @@ from __future__ import annotations
 import logging
 import shutil
 import subprocess
+from collections.abc import Mapping
 from pathlib import Path
 
 from service.engine.base import Engine
-from service.engine.grammar import CHALLENGE_GRAMMAR_PATH
 from service.engine.memory_plan import MIB, levers, plan, shape_from_gguf
 from service.engine.model_files import check_model_file, resolve_model_path
 from service.settings import Settings
@@ -60,7 +60,9 @@ def choose_gpu_layers(settings: Settings, model: Path, offload_supported: bool) 
     return memory.gpu_layers
 
 
-def load_engine(settings: Settings) -> Engine:
+def load_engine(settings: Settings, grammars: Mapping[str, str]) -> Engine:
+    """The engine for ``settings``, compiling ``grammars`` (GBNF text by name) at start-up: the
+    engine knows no answer format of its own (issue #23)."""
     path = resolve_model_path(settings.model_path)
     check_model_file(path)
     from service.engine.llama import LlamaConfig, LlamaCppEngine, gpu_offload_supported
@@ -78,4 +80,4 @@ def load_engine(settings: Settings) -> Engine:
         prefill_tokens=settings.prefill_tokens,
         jump_forward=settings.jump_forward,
     )
-    return LlamaCppEngine(config, {"challenge": CHALLENGE_GRAMMAR_PATH.read_text(encoding="utf-8")})
+    return LlamaCppEngine(config, dict(grammars))

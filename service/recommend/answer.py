@@ -1,17 +1,52 @@
-"""The answer: what the model writes, how it is checked, and what the consumers receive."""
+"""The answer format, in one place (issue #23): its grammar's name, the GBNF text the engine
+compiles, the JSON schema the answer is checked against, the ``max_tokens`` bound derived from
+the grammar, and what the consumers receive. The engine knows none of it: whoever builds the
+engine hands it ``grammars()``, and requests name ``GRAMMAR_NAME``."""
 
 from __future__ import annotations
 
 import json
-from functools import lru_cache
+from functools import cache, lru_cache
+from pathlib import Path
 from typing import Any
 
 import jsonschema
 from pydantic import BaseModel, ConfigDict
 
-from service.engine.grammar import load_challenge_schema
 from service.recommend.catalog import Category
 from service.recommend.contract import ModelFailure
+from service.recommend.gbnf import Grammar
+
+# A link to the top-level grammars/ in the source tree; a copy of it in an installed wheel.
+GRAMMAR_DIR = Path(__file__).parent / "grammars"
+GRAMMAR_PATH = GRAMMAR_DIR / "challenge.gbnf"
+SCHEMA_PATH = GRAMMAR_DIR / "challenge.schema.json"
+GRAMMAR_NAME = "challenge"  # what a generation request names; the engine compiles it by this name
+
+
+def grammar_text() -> str:
+    return GRAMMAR_PATH.read_text(encoding="utf-8")
+
+
+def grammars() -> dict[str, str]:
+    """The grammars an engine built for this service compiles, by name."""
+    return {GRAMMAR_NAME: grammar_text()}
+
+
+@cache
+def grammar() -> Grammar:
+    return Grammar(grammar_text())
+
+
+def load_schema() -> dict[str, Any]:
+    schema: dict[str, Any] = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    return schema
+
+
+def max_tokens() -> int:
+    """max_tokens that always fits a complete answer: every token adds at least one byte, so
+    the grammar's longest answer in bytes, plus the end-of-generation token."""
+    return grammar().max_bytes() + 1
 
 
 class Challenge(BaseModel):
@@ -36,7 +71,7 @@ class Answer(BaseModel):
 
 @lru_cache(maxsize=1)
 def _validator() -> jsonschema.protocols.Validator:
-    schema = load_challenge_schema()
+    schema = load_schema()
     validator_class = jsonschema.validators.validator_for(schema)
     validator_class.check_schema(schema)
     return validator_class(schema)

@@ -19,12 +19,19 @@ from pydantic import ValidationError
 
 from service.engine import ChatMessage, Engine, FinishReason, GenerationRequest, GenerationStats
 from service.engine.base import EngineError, EngineStopped, NoWordInTime, PromptDoesNotFit
-from service.engine.grammar import load_challenge_grammar
 from service.engine.text import hangul_syllables
 from service.logs import request_stats
 from service.metrics import Metrics
 from service.recommend.admission import Admission, PromptBudget
-from service.recommend.answer import Answer, check_schema_loads, parse_model_output, render
+from service.recommend.answer import (
+    GRAMMAR_NAME,
+    Answer,
+    check_schema_loads,
+    max_tokens,
+    parse_model_output,
+    render,
+)
+from service.recommend.answer import grammar as answer_grammar
 from service.recommend.catalog import CATEGORIES, LOCATIONS, WORK_TYPES, Category
 from service.recommend.contract import (
     EVENT_CHALLENGE,
@@ -57,7 +64,6 @@ from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
-CHALLENGE_GRAMMAR = "challenge"
 # The costliest characters a message may hold: a rare syllable (three byte tokens on byte-level
 # tokenizers) and an emoji (four bytes, so up to four tokens); the start-up check takes the worse.
 _COSTLIEST_CHARACTERS = ("뷁", "\U0001f977")
@@ -76,12 +82,6 @@ OnAnswer = Callable[[Answer], Awaitable[None]]
 
 class StartupError(Exception):
     """The service cannot run as configured; ``str()`` is the one line for the operator."""
-
-
-def answer_token_budget() -> int:
-    """max_tokens that always fits a complete answer: every token adds at least one byte, so
-    the grammar's longest answer in bytes, plus the end-of-generation token."""
-    return load_challenge_grammar().max_bytes() + 1
 
 
 @dataclass
@@ -125,7 +125,7 @@ class RecommendationService:
             client_queue=settings.client_queue_places,
         )
         self.message_budget = PromptBudget(settings.client_prompt_tokens_per_min)
-        self.max_tokens = answer_token_budget()
+        self.max_tokens = max_tokens()
         timeout = settings.generation_timeout_s
         # auto: generous until warm-up has measured this machine's speed (see service.recommend.deadline).
         self.generation_deadline_s = min(AUTO_MAX_S, settings.auto_deadline_ceiling_s) if timeout == "auto" else timeout
@@ -165,9 +165,7 @@ class RecommendationService:
         measures this machine's decode speed, which the auto generation deadline follows."""
         category = CATEGORIES[0]
         messages = base_info_messages("도시", "사무직", category)
-        request = GenerationRequest(
-            messages=messages, grammar=CHALLENGE_GRAMMAR, max_tokens=WARM_UP_TOKENS, temperature=0.0
-        )
+        request = GenerationRequest(messages=messages, grammar=GRAMMAR_NAME, max_tokens=WARM_UP_TOKENS, temperature=0.0)
         generation = self.engine.submit(request)
         async for _ in generation:
             pass
@@ -178,7 +176,7 @@ class RecommendationService:
         # Sampled steps, not tokens: the forced ones come in bulk and would flatter the speed.
         speed = stats.decode_steps / stats.decode_seconds if stats.decode_seconds > 0 else 0.0
         per_syllable = self.engine.count_text_tokens(EXAMPLE_ANSWER) / hangul_syllables(EXAMPLE_ANSWER)
-        longest = min(self.max_tokens, math.ceil(load_challenge_grammar().max_bytes() / 3 * per_syllable))
+        longest = min(self.max_tokens, math.ceil(answer_grammar().max_bytes() / 3 * per_syllable))
         plan = plan_deadline(
             speed, round(TYPICAL_ANSWER_SYLLABLES * per_syllable), longest, self.settings.auto_deadline_ceiling_s
         )
@@ -386,7 +384,7 @@ class RecommendationService:
     def _request(self, messages: tuple[ChatMessage, ...]) -> GenerationRequest:
         return GenerationRequest(
             messages=messages,
-            grammar=CHALLENGE_GRAMMAR,
+            grammar=GRAMMAR_NAME,
             max_tokens=self.max_tokens,
             temperature=self.settings.temperature,
             seed=self.settings.seed,

@@ -1,32 +1,21 @@
-"""The answer grammar and schema as artifacts: loaded once, checked, measured.
-
-llama.cpp compiles the GBNF text itself (the engine does that at start-up). This module reads
-the same text for the two things llama.cpp cannot tell us:
-
-- the longest answer, in UTF-8 bytes, the grammar can produce. Every sampled token adds at least
-  one byte (llama.cpp's grammar rejects empty pieces), so that number plus one end-of-generation
-  token is a ``max_tokens`` that can never cut an answer short (issue #2);
-- a regular expression equal to the grammar, so tests can prove it agrees with the JSON schema.
+"""A GBNF grammar read for what its compiler (llguidance, in the engine) cannot tell us: the
+longest text, in UTF-8 bytes, it can produce. Every sampled token adds at least one byte (the
+engine never samples an empty piece), so that number plus one end-of-generation token is a
+``max_tokens`` that can never cut an answer short (issue #2).
 
 It understands the subset of GBNF our grammar uses: literals, character classes, rule
 references, groups, alternation and the repetition operators ``? * + {m} {m,} {m,n}``.
 Recursive rules are refused: a recursive grammar has no byte bound, and ours must have one.
+The regular expression the agreement tests build from the same tree lives with the tests
+(tests/support/gbnf_regex.py).
 """
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
-from typing import Any
-
-# A link to the top-level grammars/ in the source tree; a copy of it in an installed wheel.
-GRAMMAR_DIR = Path(__file__).parent / "grammars"
-CHALLENGE_GRAMMAR_PATH = GRAMMAR_DIR / "challenge.gbnf"
-CHALLENGE_SCHEMA_PATH = GRAMMAR_DIR / "challenge.schema.json"
 
 
 class GrammarError(ValueError):
@@ -233,13 +222,6 @@ def _class_bytes(node: CharClass) -> int:
     return 4 if node.negated else max(_utf8_len(high) for _, high in node.ranges)
 
 
-def _class_regex(node: CharClass) -> str:
-    parts = []
-    for low, high in node.ranges:
-        parts.append(re.escape(chr(low)) if low == high else f"{re.escape(chr(low))}-{re.escape(chr(high))}")
-    return f"[{'^' if node.negated else ''}{''.join(parts)}]"
-
-
 class Grammar:
     """A parsed GBNF grammar with a root rule."""
 
@@ -290,58 +272,21 @@ class Grammar:
 
     def max_bytes(self, rule: str | None = None) -> int:
         """The longest text, in UTF-8 bytes, that ``rule`` (default: the root) can produce."""
-        return self._longest(RuleRef(rule or self.root), _literal_bytes, _class_bytes)
+        return self.longest(RuleRef(rule or self.root), _literal_bytes, _class_bytes)
 
-    def max_chars(self, rule: str) -> int:
-        """The longest text, in characters, that ``rule`` can produce."""
-        return self._longest(RuleRef(rule), len, lambda _: 1)
-
-    def _longest(self, node: Node, literal: Callable[[str], int], char: Callable[[CharClass], int]) -> int:
-        """The longest text ``node`` produces, measured leaf by leaf with ``literal``/``char``."""
+    def longest(self, node: Node, literal: Callable[[str], int], char: Callable[[CharClass], int]) -> int:
+        """The longest text ``node`` produces, measured leaf by leaf with ``literal`` (a literal's
+        size) and ``char`` (the largest character of a class)."""
         if isinstance(node, Literal):
             return literal(node.text)
         if isinstance(node, CharClass):
             return char(node)
         if isinstance(node, RuleRef):
-            return self._longest(self.rules[node.name], literal, char)
+            return self.longest(self.rules[node.name], literal, char)
         if isinstance(node, Sequence):
-            return sum(self._longest(item, literal, char) for item in node.items)
+            return sum(self.longest(item, literal, char) for item in node.items)
         if isinstance(node, Choice):
-            return max(self._longest(option, literal, char) for option in node.options)
+            return max(self.longest(option, literal, char) for option in node.options)
         if node.max is None:
             raise GrammarError("an unbounded repetition (*, + or {m,}) has no length bound")
-        return node.max * self._longest(node.item, literal, char)
-
-    def regex(self, rule: str | None = None) -> str:
-        """A Python regular expression for exactly the texts ``rule`` (default: root) produces."""
-        return self._regex(RuleRef(rule or self.root))
-
-    def _regex(self, node: Node) -> str:
-        if isinstance(node, Literal):
-            return re.escape(node.text)
-        if isinstance(node, CharClass):
-            return _class_regex(node)
-        if isinstance(node, RuleRef):
-            return f"(?:{self._regex(self.rules[node.name])})"
-        if isinstance(node, Sequence):
-            return "".join(self._regex(item) for item in node.items)
-        if isinstance(node, Choice):
-            return "(?:" + "|".join(self._regex(option) for option in node.options) + ")"
-        upper = "" if node.max is None else str(node.max)
-        return f"(?:{self._regex(node.item)}){{{node.min},{upper}}}"
-
-    @cached_property
-    def compiled(self) -> re.Pattern[str]:
-        return re.compile(self.regex())
-
-    def matches(self, text: str) -> bool:
-        return self.compiled.fullmatch(text) is not None
-
-
-def load_challenge_grammar() -> Grammar:
-    return Grammar.from_file(CHALLENGE_GRAMMAR_PATH)
-
-
-def load_challenge_schema() -> dict[str, Any]:
-    schema: dict[str, Any] = json.loads(CHALLENGE_SCHEMA_PATH.read_text(encoding="utf-8"))
-    return schema
+        return node.max * self.longest(node.item, literal, char)
