@@ -6,58 +6,22 @@ reported as one line, not a stack trace (the original team lost hours to those).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import signal
 import sys
 
 from pydantic import ValidationError
 
-from service.api.app import create_app, memory_sessions
+from service.api.app import create_app
 from service.api.server import serve
 from service.engine.loader import load_engine
-from service.engine.model_files import ModelFileError
-from service.logs import configure_logging, redact_url
+from service.logs import configure_logging
 from service.recommend import answer
-from service.recommend.serving import StartupError
-from service.recommend.sessions import SessionStore
+from service.recommend.sessions import open_session_store
 from service.settings import Settings, describe_settings_error
+from service.startup import StartupError
 
 logger = logging.getLogger("service")
-
-
-def open_session_store(settings: Settings) -> SessionStore:
-    """The configured store; an unreachable Redis stops start-up with one line."""
-    if settings.session_url is None:
-        return memory_sessions(settings)
-    from service.recommend.sessions import RedisSessionStore
-
-    def store() -> RedisSessionStore:
-        return RedisSessionStore(
-            settings.session_url or "",
-            settings.max_turns,
-            settings.session_idle_s,
-            turn_lease_s=settings.session_lock_s,
-            timeout_s=settings.session_timeout_s,
-        )
-
-    async def ping() -> None:
-        # A throwaway client: connections belong to the event loop that made them, and the
-        # server runs its own loop later.
-        probe = store()
-        try:
-            await probe.ping()
-        finally:
-            await probe.aclose()
-
-    try:
-        asyncio.run(ping())
-    except Exception as exc:
-        raise StartupError(
-            f"세션 저장소(Redis)에 연결할 수 없습니다: {redact_url(settings.session_url)} ({type(exc).__name__}) — "
-            "Redis가 실행 중인지, LEAFRESH_SESSION_URL이 맞는지 확인하세요"
-        ) from exc
-    return store()
 
 
 def main() -> int:
@@ -71,7 +35,7 @@ def main() -> int:
         sessions = open_session_store(settings)
         engine = load_engine(settings, answer.grammars())
         app = create_app(settings, engine, sessions)
-    except (ModelFileError, StartupError) as exc:
+    except StartupError as exc:  # a model file, a grammar, Redis, the context: one line each
         sys.stderr.write(f"leafresh: {exc}\n")
         return 2
     logger.info("serving on http://%s:%d", settings.host, settings.port)

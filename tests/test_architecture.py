@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 
 SERVICE = ROOT / "service"
-# Each layer and the layers it may import. Shared by all: settings, logs, metrics (which import
+# Each layer and the layers it may import. Shared by all: settings, logs, metrics, startup (which import
 # no layer). The entry point (service/__main__.py) may import everything.
 LAYERS = {
     "service.api": {"service.recommend", "service.engine"},
@@ -21,7 +21,7 @@ LAYERS = {
     "service.engine": set(),
     "service.tools": {"service.engine"},
 }
-SHARED = {"service.settings", "service.logs", "service.metrics"}
+SHARED = {"service.settings", "service.logs", "service.metrics", "service.startup"}
 
 
 def layer_of(module: str) -> str | None:

@@ -23,7 +23,8 @@ import pytest
 from httpx_sse import SSEError, connect_sse
 
 from service.recommend.answer import Answer, render
-from service.recommend.sessions import RedisSessionStore, Session
+from service.recommend.sessions import Session
+from service.recommend.sessions.redis_store import RedisSessionStore
 from tests.support.haproxy import LoadBalancer
 from tests.support.metrics import metric
 from tests.support.queries import BASE, QUERY, SSE

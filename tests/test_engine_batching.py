@@ -14,6 +14,7 @@ import pytest
 
 from service.engine import ChatMessage, Generation, GenerationRequest
 from service.engine.base import (
+    EngineCannotStart,
     EngineError,
     EngineStopped,
     FinishReason,
@@ -22,7 +23,6 @@ from service.engine.base import (
     PromptDoesNotFit,
 )
 from service.engine.llama import LlamaConfig, LlamaCppEngine
-from service.engine.model_files import ModelFileError
 from service.recommend import answer
 from service.recommend.answer import parse_model_output, render
 from service.recommend.catalog import CATEGORIES
@@ -173,7 +173,7 @@ def test_a_request_whose_prompt_cannot_be_made_fails_alone_and_the_batch_goes_on
 
 def test_a_grammar_that_does_not_compile_stops_the_start_with_its_name(smollm_path: Path) -> None:
     # Mistyped rule name: the service must not start and serve requests that would all fail.
-    with pytest.raises(ModelFileError, match="문법 broken"):
+    with pytest.raises(EngineCannotStart, match="문법 broken"):
         LlamaCppEngine(LlamaConfig(smollm_path), {"broken": 'root ::= "{" missing-rule "}"'})
 
 

@@ -17,14 +17,13 @@ import pytest
 
 from service.recommend.sessions import (
     MemorySessionStore,
-    RedisSessionStore,
     Session,
     SessionBusy,
-    SessionCorrupt,
     SessionStore,
     SessionUpdate,
     Turn,
 )
+from service.recommend.sessions.redis_store import RedisSessionStore, SessionCorrupt
 from tests.support.redis import RedisServer, start_redis
 from tests.support.service_process import ROOT
 
@@ -225,7 +224,7 @@ def test_a_turn_lock_is_renewed_while_its_turn_runs(redis_server: RedisServer) -
 
 HOLD_AND_WAIT = """
 import asyncio, sys
-from service.recommend.sessions import RedisSessionStore
+from service.recommend.sessions.redis_store import RedisSessionStore
 
 async def main() -> None:
     store = RedisSessionStore(sys.argv[1], 3, 60, prefix=sys.argv[2], turn_lease_s=2)

@@ -98,9 +98,10 @@ def test_the_context_check_counts_the_costliest_characters_a_message_may_hold(st
 
     from service.engine.llama import LlamaConfig, LlamaCppEngine
     from service.recommend import answer
-    from service.recommend.serving import RecommendationService, StartupError
+    from service.recommend.serving import RecommendationService
     from service.recommend.sessions import MemorySessionStore
     from service.settings import Settings
+    from service.startup import StartupError
 
     settings = Settings(_env_file=None, max_message_chars=400)
     grammars = answer.grammars()

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 
 from service.api.app import create_app
-from service.recommend.sessions import RedisSessionStore
+from service.recommend.sessions.redis_store import RedisSessionStore
 from service.settings import Settings
 from tests.fakes import ScriptedEngine
 from tests.support.queries import BASE, QUERY

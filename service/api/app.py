@@ -23,7 +23,7 @@ from service.logs import RequestIdMiddleware, printable
 from service.metrics import Metrics
 from service.recommend.contract import HTTP_MESSAGES, MSG_BAD_REQUEST, MSG_INVALID_CHOICE, InvalidInput, ServiceError
 from service.recommend.serving import RecommendationService
-from service.recommend.sessions import MemorySessionStore, SessionStore
+from service.recommend.sessions import SessionStore, memory_store
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -60,14 +60,10 @@ async def _warm_up(service: RecommendationService, ready: asyncio.Event) -> None
     ready.set()
 
 
-def memory_sessions(settings: Settings) -> SessionStore:
-    return MemorySessionStore(settings.max_sessions, settings.max_turns, settings.session_idle_s)
-
-
 def create_app(settings: Settings, engine: Engine, sessions: SessionStore | None = None) -> FastAPI:
     """The app around a loaded engine and a session store; the app closes both when it
     shuts down. Without a store, conversations live in this process's memory."""
-    store = sessions if sessions is not None else memory_sessions(settings)
+    store = sessions if sessions is not None else memory_store(settings)
     metrics = Metrics()
     service = RecommendationService(engine, settings, store, metrics)
     service.check_context_fits()

@@ -10,6 +10,8 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Literal, Protocol
 
+from service.startup import StartupError
+
 
 @dataclass(frozen=True)
 class ChatMessage:
@@ -58,6 +60,12 @@ class GenerationStats:
     @property
     def tokens_per_second(self) -> float:
         return self.generated_tokens / self.decode_seconds if self.decode_seconds > 0 else 0.0
+
+
+class EngineCannotStart(StartupError):
+    """The engine cannot start as configured: a context that does not fit in memory, or a
+    grammar that does not compile against the model's vocabulary (a model file that cannot be
+    read is ModelFileError)."""
 
 
 class EngineError(Exception):

@@ -28,6 +28,7 @@ from llguidance import LLTokenizer
 
 from service.engine.base import (
     ChatMessage,
+    EngineCannotStart,
     EngineInfo,
     EngineStopped,
     GenerationFailed,
@@ -229,7 +230,7 @@ class LlamaCppEngine:
         ctx = llama_cpp.llama_init_from_model(self._model, params)
         if not ctx:
             reason = _last_llama_error[0] if _last_llama_error else "unknown"
-            raise ModelFileError(
+            raise EngineCannotStart(
                 f"모델 컨텍스트를 만들지 못했습니다 (LEAFRESH_CONTEXT_SIZE={config.context_size}: {reason}) — "
                 "메모리가 부족하면 LEAFRESH_CONTEXT_SIZE를 줄이세요"
             )
@@ -246,7 +247,7 @@ class LlamaCppEngine:
             try:
                 compiled[name] = CompiledGrammar.from_gbnf(text, tokenizer, self.n_vocab)
             except ValueError as exc:
-                raise ModelFileError(f"문법 {name}을(를) 컴파일하지 못했습니다: {exc}") from exc
+                raise EngineCannotStart(f"문법 {name}을(를) 컴파일하지 못했습니다: {exc}") from exc
         return compiled
 
     def _guidance_tokenizer(self) -> LLTokenizer:

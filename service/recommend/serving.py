@@ -61,6 +61,7 @@ from service.recommend.protocol import BaseInfoRequest, FreeTextRequest
 from service.recommend.rendering import AnswerRenderer
 from service.recommend.sessions import Session, SessionBusy, SessionStore, SessionUpdate, Turn, unreadable_fields
 from service.settings import Settings
+from service.startup import StartupError
 
 logger = logging.getLogger(__name__)
 
@@ -78,10 +79,6 @@ GUIDE_ANSWER = Answer(recommend=MSG_GUIDE, challenges=[])
 
 Event = tuple[str, Body]
 OnAnswer = Callable[[Answer], Awaitable[None]]
-
-
-class StartupError(Exception):
-    """The service cannot run as configured; ``str()`` is the one line for the operator."""
 
 
 @dataclass

@@ -1,21 +1,7 @@
-"""Conversations, behind one small store interface with two implementations.
-
-- ``MemorySessionStore`` (the default): one process; bounded by a number of sessions (least
-  recently used go first), turns per session (oldest go first) and idle time.
-- ``RedisSessionStore`` (``LEAFRESH_SESSION_URL=redis://…``): shared by every replica behind a
-  load balancer, and kept across restarts.
-
-A turn is written only after its answer is complete (a failed or cancelled answer leaves the
-session as it was), in one atomic step that appends the turn and sets the session's current
-category, place and kind of work, so a reader always sees one consistent state.
-
-One turn at a time per conversation (issue #20): a double click, or the Spring relay retrying
-after its timeout, must not run a second turn beside the first, both reading the same history.
-``hold`` takes the conversation for one turn or raises ``SessionBusy`` at once. In memory that
-is a set in the process; in Redis it is a lock with a random token (redis-py's ``Lock``: only its
-holder can release it) on a short lease that the holder renews while the turn runs, so a replica
-that dies holding it frees the conversation within one lease, not after a whole deadline.
-"""
+"""Conversations in Redis (``LEAFRESH_SESSION_URL=redis://…``), shared by every replica behind a
+load balancer and kept across restarts. Connect, socket and per-operation timeouts are
+explicit (issue #21), and a turn's lock is redis-py's ``Lock`` on a short lease the holder
+renews (issue #20)."""
 
 from __future__ import annotations
 
@@ -24,187 +10,18 @@ import contextlib
 import json
 import logging
 import time
-from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import ValidationError
 
-from service.recommend.catalog import DEFAULT_CATEGORY_CODE, find_category, find_location, find_work_type
+from service.logs import redact_url
+from service.recommend.catalog import DEFAULT_CATEGORY_CODE
+from service.recommend.sessions.model import Session, SessionBusy, SessionUpdate, Turn, TurnHold, unreadable_fields
+from service.settings import Settings
+from service.startup import StartupError
 
 logger = logging.getLogger(__name__)
-
-
-class Turn(BaseModel):
-    """What the model needs to remember of one exchange: the user's words and a short summary
-    of the answer (its recommend text and titles), not the whole answer."""
-
-    model_config = ConfigDict(frozen=True)
-
-    message: str
-    recommend: str
-    titles: list[str] = Field(default_factory=list)
-    category: str
-
-    @field_validator("category", mode="before")
-    @classmethod
-    def _known_category(cls, value: object) -> object:
-        return _known_code(value)
-
-
-def _known_code(value: object) -> object:
-    """A category code this release knows, else the default: a session written by another release
-    during a rolling deploy is repaired, never an error on every call of its user (issue #21)."""
-    if isinstance(value, str):
-        category = find_category(value)
-        return value if category is not None and category.code == value else DEFAULT_CATEGORY_CODE
-    return value
-
-
-class Session(BaseModel):
-    model_config = ConfigDict(frozen=True)
-
-    base_category: str = DEFAULT_CATEGORY_CODE
-    category: str = DEFAULT_CATEGORY_CODE
-    location: str | None = None
-    work_type: str | None = None
-    turns: list[Turn] = Field(default_factory=list)
-
-    @field_validator("base_category", "category", mode="before")
-    @classmethod
-    def _known_category(cls, value: object) -> object:
-        return _known_code(value)
-
-    @field_validator("location", mode="before")
-    @classmethod
-    def _known_location(cls, value: object) -> object:
-        return find_location(value) if isinstance(value, str) else value
-
-    @field_validator("work_type", mode="before")
-    @classmethod
-    def _known_work_type(cls, value: object) -> object:
-        return find_work_type(value) if isinstance(value, str) else value
-
-
-class SessionUpdate(BaseModel):
-    """Everything one finished turn changes. ``reset`` starts the session again (base-info)."""
-
-    model_config = ConfigDict(frozen=True)
-
-    turn: Turn
-    category: str
-    location: str | None
-    work_type: str | None
-    reset: bool = False
-    base_category: str | None = None
-
-
-def unreadable_fields(error: ValidationError) -> list[str]:
-    """Where a stored session failed to read: field names only, never their values (a user's
-    messages are in them), for the log."""
-    return sorted({".".join(str(part) for part in item["loc"]) for item in error.errors()})
-
-
-class SessionBusy(Exception):
-    """Another turn of this conversation is running (on this replica or another)."""
-
-
-class TurnHold(Protocol):
-    async def release(self) -> None:
-        """Give the conversation back (safe to call twice)."""
-        ...
-
-
-class SessionStore(Protocol):
-    # Called once for each stored session that could not be read and was started again.
-    on_reset: Callable[[], None] | None
-
-    async def load(self, session_id: str) -> Session:
-        """The session, or a new one (제로웨이스트, no history) if there is none."""
-        ...
-
-    async def apply(self, session_id: str, update: SessionUpdate) -> None: ...
-
-    async def hold(self, session_id: str, longest_s: float) -> TurnHold:
-        """The conversation for one turn, or SessionBusy at once. ``longest_s`` bounds how long
-        the hold may last even if it is never released."""
-        ...
-
-    async def aclose(self) -> None: ...
-
-
-class _MemoryHold:
-    def __init__(self, busy: set[str], session_id: str) -> None:
-        self._busy = busy
-        self._session_id = session_id
-
-    async def release(self) -> None:
-        self._busy.discard(self._session_id)
-
-
-def _updated(session: Session, update: SessionUpdate, max_turns: int) -> Session:
-    if update.reset:
-        session = Session(base_category=update.base_category or update.category)
-    turns = [*session.turns, update.turn][-max_turns:]
-    return Session(
-        base_category=session.base_category,
-        category=update.category,
-        location=update.location,
-        work_type=update.work_type,
-        turns=turns,
-    )
-
-
-class MemorySessionStore:
-    def __init__(self, max_sessions: int, max_turns: int, idle_ttl_s: float) -> None:
-        self.max_sessions = max_sessions
-        self.max_turns = max_turns
-        self.idle_ttl_s = idle_ttl_s
-        # Least recently used first, so expiry and eviction only ever look at the front.
-        self._sessions: OrderedDict[str, tuple[float, Session]] = OrderedDict()
-        self._lock = asyncio.Lock()
-        # Conversations with a turn running. A hold ends with its turn, and the process with it.
-        self._busy: set[str] = set()
-        self.on_reset: Callable[[], None] | None = None  # what this process wrote, it can read
-
-    def __len__(self) -> int:
-        return len(self._sessions)
-
-    def _expire(self, now: float) -> None:
-        while self._sessions:
-            session_id, (touched, _) = next(iter(self._sessions.items()))
-            if now - touched < self.idle_ttl_s and len(self._sessions) <= self.max_sessions:
-                return
-            del self._sessions[session_id]
-
-    async def load(self, session_id: str) -> Session:
-        async with self._lock:
-            now = time.monotonic()
-            self._expire(now)
-            found = self._sessions.get(session_id)
-            if found is None:
-                return Session()
-            self._sessions[session_id] = (now, found[1])
-            self._sessions.move_to_end(session_id)
-            return found[1]
-
-    async def apply(self, session_id: str, update: SessionUpdate) -> None:
-        async with self._lock:
-            now = time.monotonic()
-            self._expire(now)
-            current = self._sessions.get(session_id, (now, Session()))[1]
-            self._sessions[session_id] = (now, _updated(current, update, self.max_turns))
-            self._sessions.move_to_end(session_id)
-            self._expire(now)
-
-    async def hold(self, session_id: str, longest_s: float) -> TurnHold:
-        if session_id in self._busy:
-            raise SessionBusy(session_id)
-        self._busy.add(session_id)
-        return _MemoryHold(self._busy, session_id)
-
-    async def aclose(self) -> None:
-        self._sessions.clear()
 
 
 # Concurrent calls for one session each retry their write this many times.
@@ -369,3 +186,36 @@ class RedisSessionStore:
 
     async def aclose(self) -> None:
         await self._redis.aclose()
+
+
+def open_redis_store(settings: Settings) -> RedisSessionStore:
+    """A store on ``settings.session_url``, pinged first: an unreachable Redis is one line at
+    start-up, not an error on every conversation."""
+    url = settings.session_url or ""
+
+    def store() -> RedisSessionStore:
+        return RedisSessionStore(
+            url,
+            settings.max_turns,
+            settings.session_idle_s,
+            turn_lease_s=settings.session_lock_s,
+            timeout_s=settings.session_timeout_s,
+        )
+
+    async def ping() -> None:
+        # A throwaway client: connections belong to the event loop that made them, and the
+        # server runs its own loop later.
+        probe = store()
+        try:
+            await probe.ping()
+        finally:
+            await probe.aclose()
+
+    try:
+        asyncio.run(ping())
+    except Exception as exc:
+        raise StartupError(
+            f"세션 저장소(Redis)에 연결할 수 없습니다: {redact_url(url)} ({type(exc).__name__}) — "
+            "Redis가 실행 중인지, LEAFRESH_SESSION_URL이 맞는지 확인하세요"
+        ) from exc
+    return store()
