@@ -43,7 +43,7 @@ def service_after_warm_up(settings: Settings, step_s: float) -> RecommendationSe
 
 def test_auto_follows_the_warm_up_and_a_number_stays_fixed(caplog: pytest.LogCaptureFixture) -> None:
     assert Settings(_env_file=None).generation_timeout_s == "auto"
-    with caplog.at_level(logging.INFO, logger="service.recommend.serving"):
+    with caplog.at_level(logging.INFO, logger="service.recommend.preflight"):
         fast = service_after_warm_up(Settings(_env_file=None), step_s=0.001)
     assert fast.generation_deadline_s == AUTO_MIN_S
     assert "generation deadline:" in caplog.text
@@ -54,6 +54,6 @@ def test_auto_follows_the_warm_up_and_a_number_stays_fixed(caplog: pytest.LogCap
 
 
 def test_a_machine_too_slow_for_a_typical_answer_is_warned_about(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.WARNING, logger="service.recommend.serving"):
+    with caplog.at_level(logging.WARNING, logger="service.recommend.preflight"):
         service_after_warm_up(Settings(_env_file=None), step_s=2.0)
     assert "most requests will end with 504" in caplog.text

@@ -119,6 +119,6 @@ def test_the_context_check_counts_the_costliest_characters_a_message_may_hold(st
     try:
         assert fitted.engine.count_text_tokens("\U0001f977" * 10) > fitted.engine.count_text_tokens("뷁" * 10)
         for worst in ("뷁", "\U0001f977"):
-            fitted._fit_history([], "바닷가", "재택근무", CATEGORIES[0], worst * 400)  # never PromptTooLong
+            fitted.jobs.fit_history([], "바닷가", "재택근무", CATEGORIES[0], worst * 400)  # never PromptTooLong
     finally:
         asyncio.run(fitted.engine.aclose())

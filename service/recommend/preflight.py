@@ -1,0 +1,116 @@
+"""Before serving (issue #23: out of the serving hub): the context must hold the longest prompt
+and the longest answer; a warm-up loads the instructions into the KV cache and measures this
+machine's decode speed; the generation deadline and the shutdown grace follow that speed (the
+arithmetic is service.recommend.deadline, unit-tested without an engine)."""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import math
+from dataclasses import dataclass
+
+from service.engine import Engine, GenerationRequest, GenerationStats
+from service.engine.text import hangul_syllables
+from service.recommend import answer
+from service.recommend.catalog import CATEGORIES, LOCATIONS, WORK_TYPES
+from service.recommend.deadline import AUTO_GRACE_UNMEASURED_S, AUTO_MAX_S, plan_deadline
+from service.recommend.prompts import EXAMPLE_ANSWER, base_info_messages, free_text_messages
+from service.settings import Settings
+from service.startup import StartupError
+
+logger = logging.getLogger(__name__)
+
+# The costliest characters a message may hold: a rare syllable (three byte tokens on byte-level
+# tokenizers) and an emoji (four bytes, so up to four tokens); the start-up check takes the worse.
+COSTLIEST_CHARACTERS = ("뷁", "\U0001f977")
+# Tokens the warm-up generates: enough to time the decode loop (see measured_timings).
+WARM_UP_TOKENS = 16
+# A Korean answer is 300-400 syllables (issue #11); the grammar's longest is all syllables,
+# three bytes each. Their cost in tokens is this model's tokens per syllable of the example.
+TYPICAL_ANSWER_SYLLABLES = 350
+
+
+@dataclass(frozen=True)
+class Timings:
+    """How long a generation may run, and how long a draining replica lets accepted ones finish."""
+
+    generation_deadline_s: float
+    shutdown_grace_s: float
+
+
+def initial_timings(settings: Settings) -> Timings:
+    """Before the warm-up has measured anything: generous automatic values."""
+    timeout, grace = settings.generation_timeout_s, settings.shutdown_grace_s
+    return Timings(
+        generation_deadline_s=min(AUTO_MAX_S, settings.auto_deadline_ceiling_s) if timeout == "auto" else timeout,
+        shutdown_grace_s=AUTO_GRACE_UNMEASURED_S if grace == "auto" else grace,
+    )
+
+
+def check_context_fits(engine: Engine, max_message_chars: int, max_tokens: int) -> None:
+    """Fail at start-up, not on some request later, if the longest base-info prompt or the
+    longest free-text message (with no history) plus the longest answer does not fit."""
+    places, works = sorted(set(LOCATIONS.values())), sorted(set(WORK_TYPES.values()))
+    longest_base = max(
+        engine.count_tokens(base_info_messages(place, work, category))
+        for place, work, category in itertools.product(places, works, CATEGORIES)
+    )
+    longest_free = max(
+        engine.count_tokens(free_text_messages((), "바닷가", "재택근무", category, char * max_message_chars))
+        for category in CATEGORIES
+        for char in COSTLIEST_CHARACTERS
+    )
+    longest = max(longest_base, longest_free)
+    needed = longest + max_tokens
+    if needed > engine.info.context_size:
+        raise StartupError(
+            f"LEAFRESH_CONTEXT_SIZE={engine.info.context_size}가 너무 작습니다: 가장 긴 프롬프트 {longest} 토큰"
+            f"(LEAFRESH_MAX_MESSAGE_CHARS={max_message_chars} 포함)과 가장 긴 답 {max_tokens} 토큰을 "
+            f"합쳐 {needed} 토큰이 필요합니다 — LEAFRESH_CONTEXT_SIZE를 {needed} 이상으로 지정하세요"
+        )
+
+
+async def warm_up(engine: Engine) -> GenerationStats:
+    """The start of a real base-info answer: loads the instructions into the KV cache; its
+    statistics give this machine's decode speed."""
+    messages = base_info_messages("도시", "사무직", CATEGORIES[0])
+    request = GenerationRequest(
+        messages=messages, grammar=answer.GRAMMAR_NAME, max_tokens=WARM_UP_TOKENS, temperature=0.0
+    )
+    generation = engine.submit(request)
+    async for _ in generation:
+        pass
+    return generation.stats
+
+
+def measured_timings(engine: Engine, settings: Settings, stats: GenerationStats, before: Timings) -> Timings:
+    """The automatic deadline and shutdown grace from the speed the warm-up showed; a value the
+    operator set stays."""
+    # Sampled steps, not tokens: the forced ones come in bulk and would flatter the speed.
+    speed = stats.decode_steps / stats.decode_seconds if stats.decode_seconds > 0 else 0.0
+    per_syllable = engine.count_text_tokens(EXAMPLE_ANSWER) / hangul_syllables(EXAMPLE_ANSWER)
+    longest = min(answer.max_tokens(), math.ceil(answer.grammar().max_bytes() / 3 * per_syllable))
+    plan = plan_deadline(
+        speed, round(TYPICAL_ANSWER_SYLLABLES * per_syllable), longest, settings.auto_deadline_ceiling_s
+    )
+    deadline, grace = before.generation_deadline_s, before.shutdown_grace_s
+    if settings.generation_timeout_s == "auto":
+        deadline = plan.deadline_s
+        logger.info("generation deadline: %s", plan.describe())
+        if plan.too_slow:
+            logger.warning(
+                "on this machine a typical answer takes about %.0f s, past the %.0f s deadline and the Spring relay's "
+                "300 s: most requests will end with 504. Offload layers to a GPU (LEAFRESH_GPU_LAYERS) or serve a "
+                "smaller model",
+                plan.typical_answer_s,
+                plan.deadline_s,
+            )
+    if settings.shutdown_grace_s == "auto":
+        grace = min(plan.drain_grace_s, deadline)
+        logger.info(
+            "shutdown grace: %.0f s (auto: twice a typical answer of about %.0f s, at most the deadline)",
+            grace,
+            plan.typical_answer_s,
+        )
+    return Timings(deadline, grace)
