@@ -26,15 +26,20 @@ class ScriptedGeneration:
         self.stats = GenerationStats()
         self._engine = engine
         self._request = request
+        self.pieces_sent = 0
+        self.cancelled = False
 
     def __aiter__(self) -> AsyncIterator[str]:
-        return self._pieces()
+        return self._text()
 
-    async def _pieces(self) -> AsyncIterator[str]:
+    async def _text(self) -> AsyncIterator[str]:
         output = self._engine.output
         step = self._engine.piece_size
         started = time.monotonic()
         for index, start in enumerate(range(0, len(output), step)):
+            if self.cancelled:
+                self.stats.finish_reason = FinishReason.CANCELLED
+                return
             if self._engine.fail_after is not None and index == self._engine.fail_after:
                 raise GenerationFailed("scripted failure")
             await asyncio.sleep(self._engine.delay_s)
@@ -48,6 +53,7 @@ class ScriptedGeneration:
             self.stats.decode_seconds = (
                 self.stats.decode_steps * simulated if simulated is not None else time.monotonic() - started
             )
+            self.pieces_sent += 1
             yield output[start : start + step]
             if self.stats.generated_tokens >= self._request.max_tokens:
                 self.stats.finish_reason = FinishReason.LENGTH
@@ -55,7 +61,9 @@ class ScriptedGeneration:
         self.stats.finish_reason = FinishReason.STOP
 
     async def cancel(self) -> None:
+        """Like the real engine: no piece after this one, and a no-op once finished."""
         self._engine.cancel_calls += 1
+        self.cancelled = True
 
 
 class ScriptedEngine:
@@ -74,6 +82,7 @@ class ScriptedEngine:
         self.fail_after = fail_after
         self.delay_s = delay_s
         self.requests: list[GenerationRequest] = []
+        self.generations: list[ScriptedGeneration] = []
         self.cancel_calls = 0
         self.closed = False
         self.alive = True
@@ -81,7 +90,9 @@ class ScriptedEngine:
 
     def submit(self, request: GenerationRequest) -> ScriptedGeneration:
         self.requests.append(request)
-        return ScriptedGeneration(self, request)
+        generation = ScriptedGeneration(self, request)
+        self.generations.append(generation)
+        return generation
 
     def count_tokens(self, messages: tuple[ChatMessage, ...]) -> int:
         return sum(len(message.content) for message in messages)

@@ -4,7 +4,6 @@ services on the same cores both answering well inside a deadline."""
 from __future__ import annotations
 
 import itertools
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -83,11 +82,10 @@ def test_proc_stat_counts_only_our_cores_and_steal(tmp_path: Path) -> None:
     assert sample.busy == pytest.approx(240 * 0.01)  # user + system + steal of cpu1, in 10 ms ticks
 
 
-def read_base_info(server: ServiceProcess) -> tuple[float, list[tuple[str, str]]]:
-    started = time.monotonic()
+def read_base_info(server: ServiceProcess) -> list[tuple[str, str]]:
     response, events = relay_read(f"{server.base_url}{BASE}/base-info", params=QUERY, headers=SSE)
     assert response.status_code == 200
-    return time.monotonic() - started, events
+    return events
 
 
 # Alone, a SmolLM2 answer takes about 10 s here and two adaptive services about 17 s each; two
@@ -104,6 +102,7 @@ def test_two_services_on_the_same_cores_both_answer_inside_the_deadline(
     second.wait()
     with ThreadPoolExecutor(2) as pool:
         results = list(pool.map(read_base_info, [first, second]))
-    for seconds, events in results:
+    # The bound is the services' own deadline, not a wall clock on a shared machine: an answer
+    # later than it ends with 504, which check_success_stream refuses.
+    for events in results:
         check_success_stream(events)
-        assert seconds < SHARED_DEADLINE_S

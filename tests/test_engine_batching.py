@@ -14,11 +14,11 @@ import pytest
 
 from service.engine import ChatMessage, Generation, GenerationRequest
 from service.engine.base import (
-    EngineCannotStart,
     EngineError,
     EngineStopped,
     FinishReason,
     GenerationFailed,
+    GrammarDoesNotCompile,
     NoWordInTime,
     PromptDoesNotFit,
 )
@@ -173,7 +173,7 @@ def test_a_request_whose_prompt_cannot_be_made_fails_alone_and_the_batch_goes_on
 
 def test_a_grammar_that_does_not_compile_stops_the_start_with_its_name(smollm_path: Path) -> None:
     # Mistyped rule name: the service must not start and serve requests that would all fail.
-    with pytest.raises(EngineCannotStart, match="문법 broken"):
+    with pytest.raises(GrammarDoesNotCompile, match="문법 broken"):
         LlamaCppEngine(LlamaConfig(smollm_path), {"broken": 'root ::= "{" missing-rule "}"'})
 
 

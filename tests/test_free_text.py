@@ -171,7 +171,8 @@ def test_history_keeps_the_newest_turns_that_fit() -> None:
 
 
 class SlowTokenizerEngine(CharCountingEngine):
-    """A tokenizer that takes 20 ms a call (a long conversation on a big vocabulary)."""
+    """A tokenizer that takes 200 ms a call on a conversation (a long one on a big vocabulary,
+    slowed down so that fitting one history on the event loop would block it for a second)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -179,7 +180,8 @@ class SlowTokenizerEngine(CharCountingEngine):
 
     def count_tokens(self, messages: tuple[ChatMessage, ...]) -> int:
         self.count_calls += 1
-        time.sleep(0.02)
+        if len(messages) > 2:  # a conversation (the start-up check's prompts stay fast)
+            time.sleep(0.2)
         return super().count_tokens(messages)
 
 
@@ -189,22 +191,26 @@ def test_fitting_long_histories_is_bounded_and_never_stalls_the_server() -> None
     async def scenario() -> None:
         engine = SlowTokenizerEngine()
         chat = Conversation(engine, Settings(max_message_chars=500, max_turns=20, parallel=8))
-        for n in range(20):
-            await chat.store.apply(
-                "long",
-                SessionUpdate(
-                    turn=Turn(message=f"{n}번째 " + "가" * 450, recommend="추천", titles=["1. 가"], category="VEGAN"),
-                    category="VEGAN",
-                    location="도시",
-                    work_type="사무직",
-                ),
-            )
+        # Eight conversations: one turn at a time per conversation would refuse a burst on one.
+        sessions = [f"long-{number}" for number in range(8)]
+        for session in sessions:
+            for n in range(20):
+                await chat.store.apply(
+                    session,
+                    SessionUpdate(
+                        turn=Turn(
+                            message=f"{n}번째 " + "가" * 450, recommend="추천", titles=["1. 가"], category="VEGAN"
+                        ),
+                        category="VEGAN",
+                        location="도시",
+                        work_type="사무직",
+                    ),
+                )
         engine.count_calls = 0
-        await chat.say("비건 챌린지를 알려줘", session="long")
+        await chat.say("비건 챌린지를 알려줘", session=sessions[0])
         assert engine.count_calls <= 7  # log2(20) + 2, not 21
         async with app_client(chat.app) as client:
-            burst = [asyncio.create_task(chat.say("비건 챌린지를 알려줘", session="long")) for _ in range(8)]
-            await asyncio.sleep(0.01)
+            burst = [asyncio.create_task(chat.say("비건 챌린지를 알려줘", session=s)) for s in sessions[1:]]
             slowest = 0.0
             while not all(task.done() for task in burst):
                 started = time.perf_counter()
@@ -212,6 +218,7 @@ def test_fitting_long_histories_is_bounded_and_never_stalls_the_server() -> None
                 slowest = max(slowest, time.perf_counter() - started)
                 await asyncio.sleep(0.005)
             await asyncio.gather(*burst)
-        assert slowest < 0.1, slowest
+        # Generous for a busy 2-core machine, and still under one history fitted on the loop.
+        assert slowest < 0.5, slowest
 
     asyncio.run(scenario())

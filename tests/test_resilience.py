@@ -316,14 +316,14 @@ class ShutDownEngine(ScriptedEngine):
     def submit(self, request: Any) -> Any:
         generation = super().submit(request)
         self.output = GOOD_OUTPUT[:30]
-        original = generation._pieces
+        original = generation._text
 
         async def pieces() -> Any:
             async for piece in original():
                 yield piece
             generation.stats.finish_reason = FinishReason.CANCELLED
 
-        generation._pieces = pieces  # type: ignore[method-assign]
+        generation._text = pieces  # type: ignore[method-assign]
         return generation
 
 

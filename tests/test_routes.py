@@ -8,19 +8,19 @@ from typing import Any
 from urllib.parse import quote
 
 import httpx
-from httpx_sse import aconnect_sse
 
 from service.api.app import create_app
+from service.engine import FinishReason
 from service.recommend.answer import Answer, render
 from service.recommend.catalog import find_category
 from service.recommend.protocol import parse_base_info
 from service.recommend.serving import RecommendationService
 from service.recommend.sessions import MemorySessionStore
 from service.settings import Settings
-from tests.fakes import GOOD_OUTPUT, ScriptedEngine
+from tests.fakes import GOOD_OUTPUT, ScriptedEngine, ScriptedGeneration
 from tests.support.queries import BASE, SSE
 from tests.support.queries import QUERY as BASE_INFO_QUERY
-from tests.support.sse import app_client, ends_with_one_close
+from tests.support.sse import app_client, app_response_events, ends_with_one_close
 
 QUERY = {**BASE_INFO_QUERY, "sessionId": "u1"}
 
@@ -32,13 +32,8 @@ def run(coro: Any) -> Any:
 async def _events(
     engine: ScriptedEngine, method: str, url: str, **kwargs: Any
 ) -> tuple[httpx.Response, list[tuple[str, Any]]]:
-    app = create_app(Settings(), engine)
-    async with (
-        app_client(app) as client,
-        aconnect_sse(client, method, url, **kwargs) as source,
-    ):
-        events = [(event.event, json.loads(event.data)) async for event in source.aiter_sse()]
-        return source.response, events
+    async with app_client(create_app(Settings(), engine)) as client:
+        return await app_response_events(client, method, url, **kwargs)
 
 
 async def _request(engine: ScriptedEngine, method: str, url: str, **kwargs: Any) -> httpx.Response:
@@ -193,15 +188,23 @@ def test_request_id_from_the_caller_is_echoed() -> None:
 
 
 def test_when_the_reader_leaves_then_the_generation_is_cancelled() -> None:
-    async def scenario() -> int:
+    """Not only that cancel() ran (it runs on every path): the engine wrote nothing more."""
+
+    async def scenario() -> ScriptedGeneration:
         engine = ScriptedEngine(delay_s=0.001)
         service = RecommendationService(engine, Settings(), MemorySessionStore(10, 10, 60))
         stream = service.stream_base_info(parse_base_info(QUERY))
         assert (await anext(stream))[0] == "challenge"
         await stream.aclose()
-        return engine.cancel_calls
+        await asyncio.sleep(0.05)  # time for fifty more pieces, were it still writing
+        (generation,) = engine.generations
+        return generation
 
-    assert run(scenario()) == 1
+    generation = run(scenario())
+    whole_answer = -(-len(GOOD_OUTPUT) // 3)
+    assert generation.cancelled
+    assert generation.pieces_sent <= 12 < whole_answer  # the opening pieces, then nothing
+    assert generation.stats.finish_reason is not FinishReason.STOP
 
 
 def test_the_request_sent_to_the_engine_is_bounded_by_the_grammar() -> None:

@@ -63,9 +63,12 @@ class GenerationStats:
 
 
 class EngineCannotStart(StartupError):
-    """The engine cannot start as configured: a context that does not fit in memory, or a
-    grammar that does not compile against the model's vocabulary (a model file that cannot be
-    read is ModelFileError)."""
+    """The engine cannot start as configured: a context that does not fit in memory (a model
+    file that cannot be read is ModelFileError)."""
+
+
+class GrammarDoesNotCompile(EngineCannotStart):
+    """A grammar handed to the engine does not compile against the model's vocabulary."""
 
 
 class EngineError(Exception):

@@ -46,8 +46,9 @@ Emit = Callable[[object], None]
 
 
 @dataclass(eq=False)
-class Generation:
-    """What the loop keeps with each request besides its tokens."""
+class RequestState:
+    """What the loop keeps with each request besides its tokens (the scheduler keeps those):
+    its reader, statistics, grammar state and random generator."""
 
     request: GenerationRequest
     emit: Emit
@@ -57,7 +58,7 @@ class Generation:
     rng: np.random.Generator | None = None
 
 
-Work = ScheduledRequest[Generation]
+Work = ScheduledRequest[RequestState]
 
 
 @dataclass(frozen=True)
@@ -74,7 +75,7 @@ class LoadedModel:
 
 
 def new_work(request: GenerationRequest, emit: Emit, stats: GenerationStats, cancelled: threading.Event) -> Work:
-    return ScheduledRequest(prompt=[], payload=Generation(request, emit, stats), cancelled=cancelled)
+    return ScheduledRequest(prompt=[], payload=RequestState(request, emit, stats), cancelled=cancelled)
 
 
 class DecodeLoop:
@@ -91,7 +92,7 @@ class DecodeLoop:
     ) -> None:
         self._model = model
         self._runner = model.runner
-        self._scheduler: Scheduler[Generation] = Scheduler(max_sequences, step_tokens, prefill_tokens)
+        self._scheduler: Scheduler[RequestState] = Scheduler(max_sequences, step_tokens, prefill_tokens)
         self._governor = governor
         self._inbox: deque[Work] = deque()
         self._wake = threading.Condition()
@@ -190,10 +191,10 @@ class DecodeLoop:
             try:
                 first_time = work.phase is Phase.WAITING
                 opening = self._start(work) if first_time else []
-                admission = self._scheduler.place(work, [*work.prompt, *opening])
-                self._runner.copy(PROMPT_HOLDER, work.seq_id, 0, admission.shared)
+                placement = self._scheduler.place(work, [*work.prompt, *opening])
+                self._runner.copy(PROMPT_HOLDER, work.seq_id, 0, placement.shared)
                 if first_time:
-                    work.payload.stats.cached_prompt_tokens = admission.shared
+                    work.payload.stats.cached_prompt_tokens = placement.shared
             except Exception as exc:  # noqa: BLE001 - handed to that request's reader
                 self._fail_starting(work, exc)
 
@@ -290,7 +291,7 @@ class DecodeLoop:
             return
         work.pending = [token, *forced]
 
-    def _accept_forced(self, generation: Generation) -> tuple[list[int], str]:
+    def _accept_forced(self, generation: RequestState) -> tuple[list[int], str]:
         assert generation.grammar is not None
         stats = generation.stats
         tokens, text = generation.grammar.accept_forced(generation.request.max_tokens - stats.generated_tokens)

@@ -22,6 +22,7 @@ import threading
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import llama_cpp
 from llguidance import LLTokenizer
@@ -34,6 +35,7 @@ from service.engine.base import (
     GenerationFailed,
     GenerationRequest,
     GenerationStats,
+    GrammarDoesNotCompile,
     NoWordInTime,
 )
 from service.engine.chat_template import ChatFormatter
@@ -43,6 +45,7 @@ from service.engine.grammar_state import CompiledGrammar
 from service.engine.memory_plan import KV_TYPE_GGML
 from service.engine.model_files import ModelFileError, check_model_file
 from service.engine.runner import CPointer, ModelRunner
+from service.settings import Settings
 
 logger = logging.getLogger(__name__)
 llama_logger = logging.getLogger("llama_cpp")
@@ -81,23 +84,30 @@ def _init_backend() -> None:
         _backend_ready = True
 
 
+def _default(name: str) -> Any:
+    return Settings.model_fields[name].default
+
+
 @dataclass(frozen=True)
 class LlamaConfig:
+    """What the engine is built with. Defaults are Settings' own (one source), so an engine
+    built in a test or a benchmark runs as the service would."""
+
     model_path: Path
-    context_size: int = 4096
-    batch_size: int = 512
-    threads: int | None = None
+    context_size: int = _default("context_size")
+    batch_size: int = _default("batch_size")
+    threads: int | None = _default("threads")
     # adaptive: fewer threads while other processes use the cores (see cpu_share); fixed: never.
-    thread_policy: str = "adaptive"
-    gpu_layers: int = 0
-    kv_cache_type: str = "f16"
-    flash_attn: str = "auto"
+    thread_policy: str = _default("thread_policy")
+    gpu_layers: int = 0  # Settings' may be "auto", which the loader turns into a number
+    kv_cache_type: str = _default("kv_cache_type")
+    flash_attn: str = _default("flash_attn")
     # Requests decoded together, each its own sequence (one more holds the shared prompt).
-    parallel: int = 4
+    parallel: int = _default("parallel")
     # Prompt tokens a step carries while others decode (LEAFRESH_PREFILL_TOKENS).
-    prefill_tokens: int = 256
+    prefill_tokens: int = _default("prefill_tokens")
     # Append the tokens of text the grammar forces instead of sampling them one by one.
-    jump_forward: bool = True
+    jump_forward: bool = _default("jump_forward")
 
 
 def gpu_offload_supported() -> bool:
@@ -124,7 +134,7 @@ class LlamaCppEngine:
             self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
             self._bos = llama_cpp.llama_vocab_bos(self.vocab)
             self._add_bos = self._bos >= 0 and bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
-            self._pieces: dict[int, bytes] = {}
+            self._piece_bytes: dict[int, bytes] = {}
             # Whether the tokenizer writes a word-start space before the text it is given.
             self._space_prefix = self.piece(self._tokenize("a", parse_special=False)[0]).startswith(b" ")
             self._newline = self._tokenize("\n", parse_special=False)  # see _spelling
@@ -247,7 +257,7 @@ class LlamaCppEngine:
             try:
                 compiled[name] = CompiledGrammar.from_gbnf(text, tokenizer, self.n_vocab)
             except ValueError as exc:
-                raise EngineCannotStart(f"문법 {name}을(를) 컴파일하지 못했습니다: {exc}") from exc
+                raise GrammarDoesNotCompile(f"문법 {name}을(를) 컴파일하지 못했습니다: {exc}") from exc
         return compiled
 
     def _guidance_tokenizer(self) -> LLTokenizer:
@@ -303,9 +313,9 @@ class LlamaCppEngine:
 
     def piece(self, token: int) -> bytes:
         """The bytes ``token`` stands for (part of a character, for byte-level tokenizers)."""
-        piece = self._pieces.get(token)
+        piece = self._piece_bytes.get(token)
         if piece is None:
-            piece = self._pieces[token] = self._piece_uncached(token)
+            piece = self._piece_bytes[token] = self._piece_uncached(token)
         return piece
 
     def _piece_uncached(self, token: int, special: bool = False) -> bytes:
@@ -427,9 +437,9 @@ class _LlamaGeneration:
             self._cancelled.set()
 
     def __aiter__(self) -> AsyncIterator[str]:
-        return self._pieces()
+        return self._text()
 
-    async def _pieces(self) -> AsyncIterator[str]:
+    async def _text(self) -> AsyncIterator[str]:
         while True:
             try:
                 async with asyncio.timeout_at(self._backstop):

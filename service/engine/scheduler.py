@@ -79,7 +79,7 @@ class ScheduledRequest(Generic[Payload]):
 
 
 @dataclass(frozen=True)
-class Admission(Generic[Payload]):
+class Placement(Generic[Payload]):
     """Start ``request`` in sequence ``request.seq_id``; copy its first ``shared`` tokens from
     the prompt holder."""
 
@@ -179,7 +179,7 @@ class Scheduler(Generic[Payload]):
             for other in self.running
         )
 
-    def place(self, request: ScheduledRequest[Payload], pending: list[int]) -> Admission[Payload]:
+    def place(self, request: ScheduledRequest[Payload], pending: list[int]) -> Placement[Payload]:
         """Give ``request`` a sequence. ``pending``: on its first start, every token it begins
         with (prompt and forced opening); after a preemption, ignored (it has its own)."""
         if request.phase is Phase.WAITING:
@@ -193,7 +193,7 @@ class Scheduler(Generic[Payload]):
             request.long_prompt = len(request.pending) > self.prefill_tokens
         request.phase = Phase.PREFILL
         self.running.append(request)
-        return Admission(request, max(shared, 0))
+        return Placement(request, max(shared, 0))
 
     # -- leaving -----------------------------------------------------------------------------
 

@@ -1,13 +1,15 @@
 """How long one generation may run: a fixed ``LEAFRESH_GENERATION_TIMEOUT_S``, or (``auto``, the
 default) a deadline that follows the decode speed this machine showed at warm-up.
 
-Why: the production model (Mistral-7B-Instruct-v0.3 Q4_K_M) on 2 CPU cores decodes about 3.6
-tokens/s, and its tokenizer spends about 2.25 tokens per Korean syllable of our answer's JSON, so
-one answer takes minutes. A fixed 120 s deadline failed every such request with 504 (issue #11),
-while the tiny models and any GPU finish in seconds. Past what the relay waits for nothing is
-gained: the Spring relay gives up on a stream after 300 s, and a request may first have waited
-in the queue, so the deadline ends early enough for the relay to see ``close`` even then (the
-ceiling, from the settings: relay wait - queue timeout - 10 s; 230 s by default).
+Why: the production model (Mistral-7B-Instruct-v0.3 Q4_K_M) on 2 CPU cores decodes about 3.7-4.0
+tokens/s, and its tokenizer spends 1.97 tokens per Korean syllable of our answer's JSON (README,
+"The stand-in: the production model's shape, made offline"), so one answer takes minutes. A
+fixed 120 s deadline failed every such request with 504 (issue #11), while the tiny models and
+any GPU finish in seconds. Past what the relay waits for nothing is gained: the Spring relay
+gives up on a stream after 300 s, and a request may first have waited in the queue, so the
+deadline ends early enough for the relay to see ``close`` even then (the ceiling, from the
+settings: relay wait - queue timeout - 10 s; 230 s by default). This module is the arithmetic;
+service.recommend.preflight measures the speed and applies it.
 """
 
 from __future__ import annotations

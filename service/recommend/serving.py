@@ -185,7 +185,7 @@ class RecommendationService:
             deadline_s=self.generation_deadline_s,
         )
 
-    async def _pieces(self, job: Job) -> AsyncGenerator[str, None]:
+    async def _readable_text(self, job: Job) -> AsyncGenerator[str, None]:
         """Readable pieces as the model writes; then the answer is checked, the session
         written, and ``job.answer`` set. Waits its turn for the engine first (bounded); a
         reader that leaves cancels the generation."""
@@ -257,7 +257,7 @@ class RecommendationService:
         job.answer = answer
 
     async def _answer(self, job: Job) -> Answer:
-        async with aclosing(self._pieces(job)) as pieces:
+        async with aclosing(self._readable_text(job)) as pieces:
             async for _ in pieces:
                 pass
         assert job.answer is not None
@@ -268,7 +268,7 @@ class RecommendationService:
         """Challenge pieces, then the close with the checked answer; failures propagate to
         ``_ending_with_close``."""
         # aclosing: when the reader leaves, closing this stream closes the generation too.
-        async with aclosing(self._pieces(job)) as pieces:
+        async with aclosing(self._readable_text(job)) as pieces:
             async for piece in pieces:
                 yield EVENT_CHALLENGE, token_body(piece)
         assert job.answer is not None

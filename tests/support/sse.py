@@ -20,11 +20,19 @@ def app_client(app: Any) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test", timeout=30)
 
 
-async def app_events(client: httpx.AsyncClient, method: str, url: str, **kwargs: Any) -> list[tuple[str, Any]]:
-    """Every event of one stream from the app in this process, its data parsed as JSON."""
+async def app_response_events(
+    client: httpx.AsyncClient, method: str, url: str, **kwargs: Any
+) -> tuple[httpx.Response, list[tuple[str, Any]]]:
+    """The response and every event of one stream from the app in this process, its data
+    parsed as JSON."""
     headers = {**SSE, **kwargs.pop("headers", {})}
     async with aconnect_sse(client, method, url, headers=headers, **kwargs) as source:
-        return [(event.event, json.loads(event.data)) async for event in source.aiter_sse()]
+        return source.response, [(event.event, json.loads(event.data)) async for event in source.aiter_sse()]
+
+
+async def app_events(client: httpx.AsyncClient, method: str, url: str, **kwargs: Any) -> list[tuple[str, Any]]:
+    """Every event of one stream from the app in this process, its data parsed as JSON."""
+    return (await app_response_events(client, method, url, **kwargs))[1]
 
 
 def relay_read(url: str, method: str = "GET", **kwargs: Any) -> tuple[httpx.Response, list[tuple[str, str]]]:
