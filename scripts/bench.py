@@ -171,9 +171,11 @@ def bench_high_level(model: Path, runs: int, temperature: float) -> list[float]:
     return speeds
 
 
-def _request(messages: tuple[ChatMessage, ...], temperature: float, seed: int) -> GenerationRequest:
+def _request(
+    engine: LlamaCppEngine, messages: tuple[ChatMessage, ...], temperature: float, seed: int
+) -> GenerationRequest:
     return GenerationRequest(
-        messages=messages,
+        prompt=tuple(engine.prompt_tokens(messages)),
         grammar=answer.GRAMMAR_NAME,
         max_tokens=answer.max_tokens(),
         temperature=temperature,
@@ -195,7 +197,7 @@ async def engine_runs(
     rows = []
     try:
         for seed in range(runs + 1):
-            generation = engine.submit(_request(MESSAGES, temperature, seed))
+            generation = engine.submit(_request(engine, MESSAGES, temperature, seed))
             async for _ in generation:
                 pass
             stats = generation.stats
@@ -225,7 +227,7 @@ async def _greedy_agreement(model: Path, size: int) -> dict[str, Any]:
     prompts = [base_info_messages(QUERY["location"], QUERY["workType"], category) for category in categories]
 
     async def text(messages: tuple[ChatMessage, ...]) -> str:
-        return "".join([piece async for piece in engine.submit(_request(messages, 0.0, 0))])
+        return "".join([piece async for piece in engine.submit(_request(engine, messages, 0.0, 0))])
 
     try:
         alone = [await text(messages) for messages in prompts]
@@ -399,7 +401,7 @@ def _partial_character_tokens(engine: LlamaCppEngine, tokens: list[int]) -> int:
     count = 0
     for token in tokens:
         try:
-            engine.piece(token).decode("utf-8")
+            engine.tokens.piece(token).decode("utf-8")
         except UnicodeDecodeError:
             count += 1
     return count
@@ -411,7 +413,7 @@ def _forced_share(engine: LlamaCppEngine, text: str) -> float:
     count as forced, every other token as sampled."""
     grammar = engine.grammars[answer.GRAMMAR_NAME]
     matcher = llguidance.LLMatcher(grammar.tokenizer, grammar.definition)
-    tokens = engine._spelling(text)
+    tokens = engine.tokens.spelling(text)
     forced = position = 0
     while position < len(tokens):
         jump = matcher.compute_ff_tokens()
@@ -431,9 +433,9 @@ def tokenizer_figures(model: Path) -> dict[str, Any]:
     engine = load_engine(model, parallel=1)
     try:
         prose = INSTRUCTIONS.split("예시:")[0]
-        answer_tokens = engine._tokenize(EXAMPLE_ANSWER, parse_special=False)
+        answer_tokens = engine.tokens.tokenize(EXAMPLE_ANSWER, parse_special=False)
         figures = {
-            "n_vocab": engine.n_vocab,
+            "n_vocab": engine.tokens.n_vocab,
             "tokens_per_syllable_prose": engine.count_text_tokens(prose) / hangul_syllables(prose),
             "tokens_per_syllable_answer_json": len(answer_tokens) / hangul_syllables(EXAMPLE_ANSWER),
             "partial_character_token_share": _partial_character_tokens(engine, answer_tokens) / len(answer_tokens),
@@ -472,7 +474,7 @@ def bench_production(model: Path, args: argparse.Namespace) -> dict[str, Any]:
     async def answer(category_index: int, seed: int) -> dict[str, Any]:
         messages = base_info_messages(QUERY["location"], QUERY["workType"], categories[category_index])
         started = time.perf_counter()
-        generation = engine.submit(_request(messages, args.temperature, seed))
+        generation = engine.submit(_request(engine, messages, args.temperature, seed))
         async for _ in generation:
             pass
         stats = generation.stats

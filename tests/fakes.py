@@ -83,6 +83,7 @@ class ScriptedEngine:
         self.delay_s = delay_s
         self.requests: list[GenerationRequest] = []
         self.generations: list[ScriptedGeneration] = []
+        self._messages: dict[tuple[int, ...], tuple[ChatMessage, ...]] = {}
         self.cancel_calls = 0
         self.closed = False
         self.alive = True
@@ -94,8 +95,18 @@ class ScriptedEngine:
         self.generations.append(generation)
         return generation
 
+    def prompt_tokens(self, messages: tuple[ChatMessage, ...]) -> list[int]:
+        """One token per character: its code point."""
+        tokens = [ord(char) for message in messages for char in message.content]
+        self._messages[tuple(tokens)] = messages
+        return tokens
+
+    def messages_of(self, request: GenerationRequest) -> tuple[ChatMessage, ...]:
+        """The chat whose prompt ``request`` carries: what a test checks the model was told."""
+        return self._messages[request.prompt]
+
     def count_tokens(self, messages: tuple[ChatMessage, ...]) -> int:
-        return sum(len(message.content) for message in messages)
+        return len(self.prompt_tokens(messages))
 
     def count_text_tokens(self, text: str) -> int:
         return len(text)

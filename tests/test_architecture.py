@@ -109,3 +109,10 @@ def test_the_engine_knows_nothing_of_the_answer_format() -> None:
         if ANSWER_FORMAT_WORDS.search(line)
     ]
     assert not mentions, "\n".join(mentions)
+
+
+def test_the_decode_thread_receives_token_ids_and_never_renders_a_template() -> None:
+    """Issue #23: prompts are rendered and tokenized on the caller's side of the queue."""
+    graph = service_imports()
+    assert not graph["service.engine.decode_loop"] & {"service.engine.chat_template", "service.engine.tokens"}
+    assert ".prompt_tokens(" not in (SERVICE / "engine" / "decode_loop.py").read_text(encoding="utf-8")

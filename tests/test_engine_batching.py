@@ -17,7 +17,6 @@ from service.engine.base import (
     EngineError,
     EngineStopped,
     FinishReason,
-    GenerationFailed,
     GrammarDoesNotCompile,
     NoWordInTime,
     PromptDoesNotFit,
@@ -43,10 +42,14 @@ def engine(smollm_path: Path) -> Iterator[LlamaCppEngine]:
     asyncio.run(loaded.aclose())
 
 
-def request(index: int, max_tokens: int | None = None) -> GenerationRequest:
+def prompt(engine: LlamaCppEngine, index: int) -> tuple[int, ...]:
     category = CATEGORIES[index % len(CATEGORIES)]
+    return tuple(engine.prompt_tokens(base_info_messages("도시", "사무직", category)))
+
+
+def request(engine: LlamaCppEngine, index: int, max_tokens: int | None = None) -> GenerationRequest:
     return GenerationRequest(
-        messages=base_info_messages("도시", "사무직", category),
+        prompt=prompt(engine, index),
         grammar=answer.GRAMMAR_NAME,
         max_tokens=max_tokens or answer.max_tokens(),
         temperature=0.7,
@@ -70,7 +73,7 @@ async def read(generation: Generation, index: int) -> str:
 
 def test_four_requests_at_once_all_get_valid_answers_with_forced_text_jumped(engine: LlamaCppEngine) -> None:
     async def run() -> list[Generation]:
-        generations: list[Generation] = [engine.submit(request(i)) for i in range(4)]
+        generations: list[Generation] = [engine.submit(request(engine, i)) for i in range(4)]
         await asyncio.gather(*(read(g, i) for i, g in enumerate(generations)))
         return generations
 
@@ -86,8 +89,8 @@ def test_four_requests_at_once_all_get_valid_answers_with_forced_text_jumped(eng
 
 def test_a_request_that_leaves_the_batch_does_not_disturb_the_others(engine: LlamaCppEngine) -> None:
     async def run() -> tuple[Generation, Generation]:
-        leaving = engine.submit(request(10))
-        staying = engine.submit(request(11))
+        leaving = engine.submit(request(engine, 10))
+        staying = engine.submit(request(engine, 11))
         reader = asyncio.create_task(read(staying, 11))
         async for _ in leaving:
             break  # one piece, then the reader goes away
@@ -107,7 +110,7 @@ def test_a_full_cache_preempts_and_recomputes_without_losing_an_answer(smollm_pa
     try:
 
         async def run() -> list[Generation]:
-            generations: list[Generation] = [small.submit(request(30 + i, max_tokens=1000)) for i in range(4)]
+            generations: list[Generation] = [small.submit(request(small, 30 + i, max_tokens=1000)) for i in range(4)]
             await asyncio.gather(*(read(g, 30 + i) for i, g in enumerate(generations)))
             return generations
 
@@ -119,7 +122,7 @@ def test_a_full_cache_preempts_and_recomputes_without_losing_an_answer(smollm_pa
 
 def test_a_prompt_that_cannot_fit_fails_alone(engine: LlamaCppEngine) -> None:
     async def run() -> None:
-        async for _ in engine.submit(request(40, max_tokens=engine.n_ctx)):
+        async for _ in engine.submit(request(engine, 40, max_tokens=engine.n_ctx)):
             pass
 
     with pytest.raises(PromptDoesNotFit):
@@ -130,14 +133,14 @@ def test_a_request_past_its_deadline_leaves_the_batch_and_the_other_finishes(eng
     async def run() -> tuple[Generation, Generation]:
         hurried = engine.submit(
             GenerationRequest(
-                messages=request(50).messages,
+                prompt=prompt(engine, 50),
                 grammar=answer.GRAMMAR_NAME,
                 max_tokens=answer.max_tokens(),
                 seed=50,
                 deadline_s=0.3,
             )
         )
-        patient = engine.submit(request(51))
+        patient = engine.submit(request(engine, 51))
         reader = asyncio.create_task(read(patient, 51))
         async for _ in hurried:
             pass
@@ -149,24 +152,20 @@ def test_a_request_past_its_deadline_leaves_the_batch_and_the_other_finishes(eng
     assert patient.stats.finish_reason is FinishReason.STOP
 
 
-def test_a_request_whose_prompt_cannot_be_made_fails_alone_and_the_batch_goes_on(engine: LlamaCppEngine) -> None:
+def test_a_prompt_that_cannot_be_made_fails_on_the_callers_side_and_the_batch_goes_on(engine: LlamaCppEngine) -> None:
     # Regression (#13): a prompt that cannot be tokenized (a lone surrogate cannot be UTF-8)
     # raised in the decode loop's admission, outside its error handling: every running
     # request failed, and again at every step while the bad one stayed first in the queue.
+    # Since issue #23 prompts are tokenized before they are submitted: the decode thread never
+    # sees it.
     async def run() -> None:
-        steady = engine.submit(request(60))
+        steady = engine.submit(request(engine, 60))
         reader = asyncio.create_task(read(steady, 60))
         await asyncio.sleep(0.2)
-        broken = engine.submit(
-            GenerationRequest(
-                messages=(ChatMessage("user", "\ud800 깨진 글자"),), grammar=answer.GRAMMAR_NAME, max_tokens=16
-            )
-        )
-        with pytest.raises(GenerationFailed):
-            async for _ in broken:
-                pass
+        with pytest.raises(UnicodeEncodeError):
+            engine.prompt_tokens((ChatMessage("user", "\ud800 깨진 글자"),))
         await reader
-        await read(engine.submit(request(61)), 61)  # and the next one is served too
+        await read(engine.submit(request(engine, 61)), 61)  # and the next one is served too
 
     asyncio.run(run())
 
@@ -182,7 +181,7 @@ def test_when_the_decode_thread_dies_every_request_fails_at_once_and_the_engine_
     doomed = make_engine(smollm_path, parallel=2)
 
     async def scenario() -> tuple[list[str], float]:
-        running = doomed.submit(request(0))
+        running = doomed.submit(request(doomed, 0))
         first = await anext(aiter(running))  # it is generating
         assert first and doomed.alive
 
@@ -191,7 +190,7 @@ def test_when_the_decode_thread_dies_every_request_fails_at_once_and_the_engine_
 
         doomed._decode_loop._scheduler.admissible = broken  # type: ignore[method-assign]
         started = asyncio.get_running_loop().time()
-        waiting = doomed.submit(request(1))  # wakes the loop, which dies on the injected fault
+        waiting = doomed.submit(request(doomed, 1))  # wakes the loop, which dies on the injected fault
         failures = []
         for generation in (running, waiting):
             # The step that met the fault fails its requests; the thread's death fails the rest.
@@ -202,7 +201,7 @@ def test_when_the_decode_thread_dies_every_request_fails_at_once_and_the_engine_
         elapsed = asyncio.get_running_loop().time() - started
         assert not doomed.alive
         with pytest.raises(EngineStopped):
-            doomed.submit(request(2))
+            doomed.submit(request(doomed, 2))
         return failures, elapsed
 
     failures, elapsed = asyncio.run(scenario())
@@ -230,7 +229,7 @@ def test_a_generation_the_decode_thread_stops_answering_ends_by_the_event_loops_
     monkeypatch.setattr(runner, "decode", stalls_once)
 
     async def scenario() -> float:
-        generation = engine.submit(dataclasses.replace(request(3), deadline_s=0.5))
+        generation = engine.submit(dataclasses.replace(request(engine, 3), deadline_s=0.5))
         started = asyncio.get_running_loop().time()
         with pytest.raises(NoWordInTime):
             async for _ in generation:

@@ -90,7 +90,7 @@ def test_base_info_sets_the_base_category_that_free_text_returns_to() -> None:
         session = await chat.store.load("s1")
         assert (session.location, session.work_type, len(session.turns)) == ("산", "현장직", 3)
         # The model saw the conversation so far, with the place from base-info.
-        last_prompt = chat.engine.requests[-1].messages
+        last_prompt = chat.engine.messages_of(chat.engine.requests[-1])
         assert "채식으로 바꿔줘" in [m.content for m in last_prompt if m.role == "user"]
         assert "장소: 산" in last_prompt[-1].content
 
@@ -142,14 +142,12 @@ def test_post_free_text_returns_one_json_answer() -> None:
 
 
 class CharCountingEngine(ScriptedEngine):
-    """Counts one token per character, with a small context: history must be trimmed."""
+    """One token per character (as every scripted engine), with a small context: history must
+    be trimmed."""
 
     def __init__(self) -> None:
         super().__init__(GOOD_OUTPUT)
         self.info.context_size = 6000
-
-    def count_tokens(self, messages: tuple[ChatMessage, ...]) -> int:
-        return sum(len(message.content) for message in messages)
 
 
 def test_history_keeps_the_newest_turns_that_fit() -> None:
@@ -159,7 +157,7 @@ def test_history_keeps_the_newest_turns_that_fit() -> None:
         chat = Conversation(engine, Settings(max_message_chars=500, client_prompt_tokens_per_min=10**6))
         for n in range(12):
             await chat.say(f"{n}번째 메시지 " + "가" * 450)
-        prompt = engine.requests[-1].messages
+        prompt = engine.messages_of(engine.requests[-1])
         budget = engine.info.context_size - RecommendationService(engine, chat.settings, chat.store).max_tokens
         assert engine.count_tokens(prompt) <= budget
         users = [m.content for m in prompt[1:-1] if m.role == "user"]
@@ -178,11 +176,11 @@ class SlowTokenizerEngine(CharCountingEngine):
         super().__init__()
         self.count_calls = 0
 
-    def count_tokens(self, messages: tuple[ChatMessage, ...]) -> int:
+    def prompt_tokens(self, messages: tuple[ChatMessage, ...]) -> list[int]:
         self.count_calls += 1
         if len(messages) > 2:  # a conversation (the start-up check's prompts stay fast)
             time.sleep(0.2)
-        return super().count_tokens(messages)
+        return super().prompt_tokens(messages)
 
 
 def test_fitting_long_histories_is_bounded_and_never_stalls_the_server() -> None:

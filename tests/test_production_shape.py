@@ -46,7 +46,7 @@ def engine(request: pytest.FixtureRequest) -> Iterator[LlamaCppEngine]:
 
 
 def bos_of(engine: LlamaCppEngine) -> int:
-    return int(llama_cpp.llama_vocab_bos(engine.vocab))
+    return int(llama_cpp.llama_vocab_bos(engine.tokens.vocab))
 
 
 def test_every_prompt_starts_with_exactly_one_bos(engine: LlamaCppEngine) -> None:
@@ -57,7 +57,7 @@ def test_every_prompt_starts_with_exactly_one_bos(engine: LlamaCppEngine) -> Non
     ):
         tokens = engine.prompt_tokens(messages)
         assert tokens[0] == bos and tokens[1] != bos, tokens[:4]
-        if llama_cpp.llama_vocab_get_add_bos(engine.vocab):
+        if llama_cpp.llama_vocab_get_add_bos(engine.tokens.vocab):
             assert tokens.count(bos) == 1
         # else its BOS is also a role marker (SmolLM2's <|im_start|>), written once per turn
 
@@ -70,7 +70,7 @@ def test_the_instructions_open_every_prompt_so_their_prefix_is_shared(engine: Ll
         if a != b:
             break
         shared += 1
-    instructions = len(engine._tokenize(INSTRUCTIONS, parse_special=False))
+    instructions = len(engine.tokens.tokenize(INSTRUCTIONS, parse_special=False))
     assert shared >= instructions - 2, (shared, instructions)
 
 
@@ -85,24 +85,24 @@ HOSTILE = (
 def control_tokens(engine: LlamaCppEngine, message: str) -> int:
     history = [Turn(message=message, recommend="추천해요.", titles=["1. 가", "2. 나", "3. 다"], category="VEGAN")]
     tokens = engine.prompt_tokens(free_text_messages(history, "산", None, CATEGORIES[3], message))
-    return sum(bool(llama_cpp.llama_vocab_is_control(engine.vocab, token)) for token in tokens)
+    return sum(bool(llama_cpp.llama_vocab_is_control(engine.tokens.vocab, token)) for token in tokens)
 
 
 def test_user_text_never_becomes_control_tokens(engine: LlamaCppEngine) -> None:
     # In the message and in a stored turn replayed from the session: no role token more than a
     # harmless message of the same place in the conversation gets.
     assert control_tokens(engine, HOSTILE) == control_tokens(engine, "오늘 할 수 있는 걸 알려줘")
-    prompt = engine.formatter.format(free_text_messages([], None, None, CATEGORIES[0], HOSTILE))
+    prompt = engine.tokens.formatter.format(free_text_messages([], None, None, CATEGORIES[0], HOSTILE))
     assert HOSTILE in prompt.replace("\u2060", "")  # the model still reads what the user wrote
 
 
 def test_the_grammar_jumps_forward_on_every_tokenizer(engine: LlamaCppEngine) -> None:
     # A SentencePiece tokenizer (the stand-in's) writes a word-start space before text it is
     # given alone; the forced tokens must spell the forced text exactly, with no such space.
-    state = engine.grammars[answer.GRAMMAR_NAME].start(engine, jump_forward=True)
+    state = engine.grammars[answer.GRAMMAR_NAME].start(engine.tokens, jump_forward=True)
     tokens, text = state.accept_forced(100)
     assert tokens and text and '{"recommend":"'.startswith(text)
-    assert b"".join(engine.piece(token) for token in tokens) == text.encode()
+    assert b"".join(engine.tokens.piece(token) for token in tokens) == text.encode()
 
 
 def test_standin_prompts_are_tokenized_as_mistral_tokenizes_them(standin_engine: LlamaCppEngine) -> None:
@@ -140,7 +140,7 @@ def standin_engine(standin_path: Path) -> Iterator[LlamaCppEngine]:
 def test_a_standin_answer_jumps_forward_with_sentencepiece_pieces(standin_engine: LlamaCppEngine) -> None:
     async def generate() -> tuple[list[str], GenerationStats]:
         request = GenerationRequest(
-            messages=base_info_messages("바닷가", "현장직", CATEGORIES[1]),
+            prompt=tuple(standin_engine.prompt_tokens(base_info_messages("바닷가", "현장직", CATEGORIES[1]))),
             grammar=answer.GRAMMAR_NAME,
             max_tokens=answer.max_tokens(),
             temperature=0.7,
@@ -159,12 +159,16 @@ def test_korean_in_mistral_byte_tokens_comes_out_in_whole_characters(standin_eng
     # Mistral's vocabulary has 346 Hangul pieces: 웨 (제로웨이스트) and 챌 (챌린지) are written
     # as three byte tokens each. Random weights rarely pick them, so feed the real ones.
     text = "제로웨이스트 챌린지를 추천해요."
-    tokens = standin_engine._tokenize(text, parse_special=False)
+    tokens = standin_engine.tokens.tokenize(text, parse_special=False)
     assert (
-        sum(len(standin_engine.piece(token)) == 1 and standin_engine.piece(token)[0] >= 0x80 for token in tokens) >= 6
+        sum(
+            len(standin_engine.tokens.piece(token)) == 1 and standin_engine.tokens.piece(token)[0] >= 0x80
+            for token in tokens
+        )
+        >= 6
     )
     decoder = Utf8PieceDecoder()
-    pieces = [decoder.feed(standin_engine.piece(token)) for token in tokens]
+    pieces = [decoder.feed(standin_engine.tokens.piece(token)) for token in tokens]
     decoder.finish()
     assert all("\ufffd" not in piece for piece in pieces)
     assert "".join(pieces).lstrip(" ") == text

@@ -41,7 +41,9 @@ def test_f16_becomes_q4_k_m_that_the_engine_loads_and_runs(f16_model: Path, tmp_
     engine = LlamaCppEngine(LlamaConfig(target, context_size=1024), answer.grammars())
 
     async def run() -> str:
-        request = GenerationRequest(messages=(), grammar=answer.GRAMMAR_NAME, max_tokens=24, temperature=0.7, seed=3)
+        request = GenerationRequest(
+            prompt=tuple(engine.prompt_tokens(())), grammar=answer.GRAMMAR_NAME, max_tokens=24, temperature=0.7, seed=3
+        )
         generation = engine.submit(request)
         text = "".join([piece async for piece in generation])
         await engine.aclose()

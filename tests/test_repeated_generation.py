@@ -46,7 +46,7 @@ async def generate_one(engine: LlamaCppEngine, seed: int) -> str | None:
     category = CATEGORIES[seed % len(CATEGORIES)]
     messages = base_info_messages(places[seed % len(places)], works[seed % len(works)], category)
     request = GenerationRequest(
-        messages=messages,
+        prompt=tuple(engine.prompt_tokens(messages)),
         grammar=answer.GRAMMAR_NAME,
         max_tokens=answer.max_tokens(),
         temperature=TEMPERATURE,

@@ -214,4 +214,4 @@ def test_the_request_sent_to_the_engine_is_bounded_by_the_grammar() -> None:
     assert request.grammar == "challenge"
     assert request.max_tokens > 1000
     category = find_category("비건")
-    assert category is not None and category.label in request.messages[-1].content
+    assert category is not None and category.label in engine.messages_of(request)[-1].content

@@ -21,7 +21,9 @@ class ChatMessage:
 
 @dataclass(frozen=True)
 class GenerationRequest:
-    messages: tuple[ChatMessage, ...]
+    # The prompt's token ids (Engine.prompt_tokens renders and tokenizes the chat): tokenized on
+    # the caller's side of the queue, so the decode thread never renders a template.
+    prompt: tuple[int, ...]
     # Name of a grammar the engine compiled at start-up; the output is forced to match it.
     grammar: str
     # Upper bound on generated tokens; derive it from the grammar so an answer always fits.
@@ -124,8 +126,14 @@ class Engine(Protocol):
 
     def submit(self, request: GenerationRequest) -> Generation: ...
 
+    def prompt_tokens(self, messages: tuple[ChatMessage, ...]) -> list[int]:
+        """The prompt for ``messages`` in the model's own tokens, as a GenerationRequest takes
+        it (its chat template, one BOS). Milliseconds on a long conversation: call it off the
+        event loop."""
+        ...
+
     def count_tokens(self, messages: tuple[ChatMessage, ...]) -> int:
-        """Prompt length in the model's own tokens, as the engine would send it."""
+        """len(prompt_tokens(messages))."""
         ...
 
     def count_text_tokens(self, text: str) -> int:

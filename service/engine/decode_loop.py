@@ -24,7 +24,6 @@ from time import perf_counter
 import numpy as np
 
 from service.engine.base import (
-    ChatMessage,
     EngineError,
     EngineStopped,
     FinishReason,
@@ -68,7 +67,6 @@ class LoadedModel:
     runner: ModelRunner
     vocabulary: Vocabulary
     grammars: Mapping[str, CompiledGrammar]
-    prompt_tokens: Callable[[tuple[ChatMessage, ...]], list[int]]
     is_end: Callable[[int], bool]
     context_size: int
     jump_forward: bool
@@ -175,12 +173,7 @@ class DecodeLoop:
             self._finish(work, FinishReason.CANCELLED)
 
     def _enqueue(self, work: Work) -> None:
-        try:
-            work.prompt = self._model.prompt_tokens(work.payload.request.messages)
-        except Exception as exc:  # noqa: BLE001 - handed to that request's reader
-            # A prompt that cannot be rendered or tokenized fails that request alone.
-            self._fail_starting(work, exc)
-            return
+        work.prompt = list(work.payload.request.prompt)
         self._scheduler.add(work)
 
     def _admit(self) -> None:

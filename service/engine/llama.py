@@ -9,8 +9,8 @@ every running request is decoded together in one batch (``decode_loop``: the ``s
 decides, the ``runner`` calls llama.cpp), sharing the KV cache of the prompt prefix they have in
 common.
 
-This module loads the model, the context and the grammars and owns the token helpers; the
-asyncio side reads each request's pieces from a queue, so the event loop never blocks.
+This module loads the model, the context and the grammars (tokens are ``tokens.Tokenizer``'s);
+the asyncio side reads each request's text from a queue, so the event loop never blocks.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from pathlib import Path
 from typing import Any
 
 import llama_cpp
-from llguidance import LLTokenizer
 
 from service.engine.base import (
     ChatMessage,
@@ -38,13 +37,13 @@ from service.engine.base import (
     GrammarDoesNotCompile,
     NoWordInTime,
 )
-from service.engine.chat_template import ChatFormatter
 from service.engine.cpu_share import ThreadGovernor, allowed_cores, read_cpu_sample
 from service.engine.decode_loop import END, DecodeLoop, LoadedModel, new_work
 from service.engine.grammar_state import CompiledGrammar
 from service.engine.memory_plan import KV_TYPE_GGML
 from service.engine.model_files import ModelFileError, check_model_file
 from service.engine.runner import CPointer, ModelRunner
+from service.engine.tokens import Tokenizer
 from service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -129,22 +128,8 @@ class LlamaCppEngine:
         self.ctx: CPointer = None
         try:
             self.ctx = self._create_context(config)
-            self.vocab = llama_cpp.llama_model_get_vocab(self._model)
-            self.n_vocab = llama_cpp.llama_vocab_n_tokens(self.vocab)
+            self.tokens = Tokenizer(self._model)
             self.n_ctx = llama_cpp.llama_n_ctx(self.ctx)
-            self._bos = llama_cpp.llama_vocab_bos(self.vocab)
-            self._add_bos = self._bos >= 0 and bool(llama_cpp.llama_vocab_get_add_bos(self.vocab))
-            self._piece_bytes: dict[int, bytes] = {}
-            # Whether the tokenizer writes a word-start space before the text it is given.
-            self._space_prefix = self.piece(self._tokenize("a", parse_special=False)[0]).startswith(b" ")
-            self._newline = self._tokenize("\n", parse_special=False)  # see _spelling
-            template = llama_cpp.llama_model_chat_template(self._model, None)
-            self.formatter = ChatFormatter(
-                template.decode("utf-8") if template else None,
-                bos_token=self._token_text(self._bos),
-                eos_token=self._token_text(llama_cpp.llama_vocab_eos(self.vocab)),
-                control_texts=self._control_texts(),
-            )
             self.grammars = self._compile_grammars(grammars)
         except BaseException:
             self._free()
@@ -153,11 +138,10 @@ class LlamaCppEngine:
         cores = self._cores
         self._decode_loop = DecodeLoop(
             LoadedModel(
-                runner=ModelRunner(self.ctx, config.batch_size, self.n_vocab, self.threads),
-                vocabulary=self,
+                runner=ModelRunner(self.ctx, config.batch_size, self.tokens.n_vocab, self.threads),
+                vocabulary=self.tokens,
                 grammars=self.grammars,
-                prompt_tokens=self.prompt_tokens,
-                is_end=self.is_end,
+                is_end=self.tokens.is_end,
                 context_size=self.n_ctx,
                 jump_forward=config.jump_forward,
             ),
@@ -170,11 +154,11 @@ class LlamaCppEngine:
         )
         self.info = EngineInfo(
             model_path=str(config.model_path),
-            chat_template="gguf" if self.formatter.uses_model_template else "fallback",
-            system_role=self.formatter.supports_system_role,
+            chat_template="gguf" if self.tokens.formatter.uses_model_template else "fallback",
+            system_role=self.tokens.formatter.supports_system_role,
             context_size=self.n_ctx,
             extra={
-                "n_vocab": str(self.n_vocab),
+                "n_vocab": str(self.tokens.n_vocab),
                 "parallel": str(config.parallel),
                 "threads": str(self.threads),
                 "thread_policy": config.thread_policy,
@@ -186,7 +170,7 @@ class LlamaCppEngine:
             config.model_path,
             self.n_ctx,
             config.parallel,
-            self.n_vocab,
+            self.tokens.n_vocab,
             self.info.chat_template,
             self.info.system_role,
             config.gpu_layers,
@@ -251,37 +235,14 @@ class LlamaCppEngine:
         service here, not a request later."""
         if not grammars:
             return {}
-        tokenizer = self._guidance_tokenizer()
+        tokenizer = self.tokens.guidance()
         compiled = {}
         for name, text in grammars.items():
             try:
-                compiled[name] = CompiledGrammar.from_gbnf(text, tokenizer, self.n_vocab)
+                compiled[name] = CompiledGrammar.from_gbnf(text, tokenizer, self.tokens.n_vocab)
             except ValueError as exc:
                 raise GrammarDoesNotCompile(f"문법 {name}을(를) 컴파일하지 못했습니다: {exc}") from exc
         return compiled
-
-    def _guidance_tokenizer(self) -> LLTokenizer:
-        """The vocabulary as llguidance reads it (as its own llama.cpp adapter builds it, but
-        without the deprecated calls): every token's bytes, control tokens marked with a 0xff
-        byte so that no grammar text can ever produce them, and llama.cpp's tokenizer for the
-        text the grammar forces."""
-        attributes = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_USER_DEFINED
-        tokens = []
-        for token in range(self.n_vocab):
-            data = self._piece_uncached(token, special=True)
-            attr = llama_cpp.llama_vocab_get_attr(self.vocab, token) & attributes
-            if attr & llama_cpp.LLAMA_TOKEN_ATTR_CONTROL or (attr and data.startswith(b"<") and data.endswith(b">")):
-                data = b"\xff" + data
-            tokens.append(data)
-        tokenize = ctypes.cast(llama_cpp.llama_cpp._lib.llama_tokenize, ctypes.c_void_p).value
-        tokenizer: LLTokenizer = LLTokenizer.from_llamacpp(  # type: ignore[attr-defined]
-            tokens=tokens,
-            vocab_ptr=self.vocab,
-            tokenize_fptr=tokenize,
-            eos_token=llama_cpp.llama_vocab_eos(self.vocab),
-            slices=None,
-        )
-        return tokenizer
 
     def _free(self) -> None:
         if self.ctx:
@@ -291,110 +252,16 @@ class LlamaCppEngine:
             llama_cpp.llama_model_free(self._model)
             self._model = None
 
-    # -- tokens ------------------------------------------------------------------------------
-
-    def _control_texts(self) -> list[str]:
-        """The text of every token that only special-token parsing produces (llama.cpp parses
-        control and unknown tokens only then; user-defined ones always)."""
-        parsed_only = llama_cpp.LLAMA_TOKEN_ATTR_CONTROL | llama_cpp.LLAMA_TOKEN_ATTR_UNKNOWN
-        return [
-            self._token_text(token)
-            for token in range(self.n_vocab)
-            if llama_cpp.llama_vocab_get_attr(self.vocab, token) & parsed_only
-        ]
-
-    def _token_text(self, token: int) -> str:
-        if token < 0:
-            return ""
-        return self._piece_uncached(token, special=True).decode("utf-8", "replace")
-
-    def is_end(self, token: int) -> bool:
-        return bool(llama_cpp.llama_vocab_is_eog(self.vocab, token))
-
-    def piece(self, token: int) -> bytes:
-        """The bytes ``token`` stands for (part of a character, for byte-level tokenizers)."""
-        piece = self._piece_bytes.get(token)
-        if piece is None:
-            piece = self._piece_bytes[token] = self._piece_uncached(token)
-        return piece
-
-    def _piece_uncached(self, token: int, special: bool = False) -> bytes:
-        """``special``: control tokens as their text (``</s>``), not as nothing."""
-        buf = ctypes.create_string_buffer(64)
-        size = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
-        if size < 0:
-            buf = ctypes.create_string_buffer(-size)
-            size = llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, special)
-        return buf.raw[:size]
-
-    def _tokenize(self, text: str, parse_special: bool) -> list[int]:
-        """``text``'s tokens, never with a BOS or EOS added by the tokenizer (``prompt_tokens``
-        decides about BOS); ``parse_special``: control-token text becomes control tokens."""
-        data = text.encode("utf-8")
-        capacity = len(data) + 8
-        tokens = (llama_cpp.llama_token * capacity)()
-        count = llama_cpp.llama_tokenize(self.vocab, data, len(data), tokens, capacity, False, parse_special)
-        if count < 0:
-            capacity = -count
-            tokens = (llama_cpp.llama_token * capacity)()
-            count = llama_cpp.llama_tokenize(self.vocab, data, len(data), tokens, capacity, False, parse_special)
-        return list(tokens[:count])
+    # -- tokens (service.engine.tokens) -------------------------------------------------------
 
     def prompt_tokens(self, messages: tuple[ChatMessage, ...]) -> list[int]:
-        """The prompt for ``messages``, as the decode loop evaluates it: the chat template's text
-        with the control tokens it writes, and exactly one BOS where the model wants one.
-
-        Some templates write ``bos_token`` themselves (Mistral's), others leave it to the
-        tokenizer (gemma through our fallback layout). Asking the tokenizer to add one as well
-        gives two, which llama.cpp only warns about; so it never adds one, and we add it here
-        unless the template did."""
-        tokens = self._tokenize(self.formatter.format(messages), parse_special=True)
-        if self._space_prefix:
-            tokens = self._without_injected_spaces(tokens)
-        if self._add_bos and (not tokens or tokens[0] != self._bos):
-            tokens.insert(0, self._bos)
-        return tokens
-
-    def _without_injected_spaces(self, tokens: list[int]) -> list[int]:
-        """A SentencePiece tokenizer with a word-start space prefix (Mistral's) gets one added by
-        llama.cpp to *every* text after a control token, so the template's ``[INST] 너는`` came
-        out as ``[INST]▁▁너는`` on every turn. Mistral's own tokenizer (mistral-common) and
-        Hugging Face's add it only at the very start of the text; so does this."""
-        result: list[int] = []
-        start = 0
-        while start < len(tokens):
-            end = start
-            while end < len(tokens) and not llama_cpp.llama_vocab_is_control(self.vocab, tokens[end]):
-                end += 1
-            run = tokens[start:end]
-            text = b"".join(self.piece(token) for token in run)
-            if start > 0 and text.startswith(b" "):
-                rest = text[1:].decode("utf-8")
-                run = (self._spelling(rest) or run) if rest else []
-            result += run
-            if end < len(tokens):
-                result.append(tokens[end])
-            start = end + 1
-        return result
+        return self.tokens.prompt(messages)
 
     def count_tokens(self, messages: tuple[ChatMessage, ...]) -> int:
-        return len(self.prompt_tokens(messages))
+        return len(self.tokens.prompt(messages))
 
     def count_text_tokens(self, text: str) -> int:
-        return len(self._tokenize(text, parse_special=False))
-
-    def _spelling(self, text: str) -> list[int]:
-        # A SentencePiece tokenizer puts a word-start space before text that opens what it is
-        # given (llama.cpp's add_space_prefix: Mistral's, not SmolLM2's or gemma's), so the
-        # tokens of `너는` alone would spell ` 너는`. Behind a newline, which it writes as a
-        # byte token that merges with nothing, there is no such space.
-        wanted = text.encode("utf-8")
-        for lead, before in (("", []), ("\n", self._newline)):
-            tokens = self._tokenize(lead + text, parse_special=False)
-            rest = tokens[len(before) :]
-            if tokens[: len(before)] == before and b"".join(self.piece(token) for token in rest) == wanted:
-                return rest
-        return []
+        return len(self.tokens.tokenize(text, parse_special=False))
 
     # -- the async interface -----------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from pydantic import ValidationError
 
-from service.engine import ChatMessage, Engine
+from service.engine import Engine
 from service.metrics import Metrics
 from service.recommend.answer import Answer
 from service.recommend.catalog import Category
@@ -30,7 +30,7 @@ OnAnswer = Callable[[Answer], Awaitable[None]]
 class Job:
     """One answer to produce: the prompt, what to do with the answer, and how it went."""
 
-    messages: tuple[ChatMessage, ...]
+    prompt: list[int]  # token ids (Engine.prompt_tokens), made off the event loop
     category: Category
     route: str
     client: str
@@ -77,8 +77,10 @@ class JobBuilder:
         self.prompt_budget = prompt_budget
         self.retry_after_s = retry_after_s
 
-    def base_info(self, request: BaseInfoRequest) -> Job:
+    async def base_info(self, request: BaseInfoRequest) -> Job:
         messages = base_info_messages(request.location, request.work_type, request.category)
+        # Tokenized here, off the event loop: the engine takes token ids.
+        prompt = await asyncio.to_thread(self.engine.prompt_tokens, messages)
         on_answer = None
         if request.session_id is not None:
             session_id = request.session_id
@@ -98,7 +100,7 @@ class JobBuilder:
                     ),
                 )
 
-        return Job(messages, request.category, "base-info", request.client, on_answer)
+        return Job(prompt, request.category, "base-info", request.client, on_answer)
 
     @asynccontextmanager
     async def one_turn(self, session_id: str | None, longest_s: float) -> AsyncIterator[None]:
@@ -139,7 +141,7 @@ class JobBuilder:
         steering = steer(request.message, session.category, session.base_category, session.location, session.work_type)
         # Rendering and tokenizing a long conversation takes milliseconds per try: off the
         # event loop, so a burst of them never stalls other streams, pings or /ready.
-        messages, used = await asyncio.to_thread(
+        prompt, used = await asyncio.to_thread(
             self.fit_history, session.turns, steering.location, steering.work_type, steering.category, request.message
         )
         on_answer = None
@@ -157,20 +159,22 @@ class JobBuilder:
                     ),
                 )
 
-        return Job(messages, steering.category, "free-text", request.client, on_answer, used, len(session.turns))
+        return Job(prompt, steering.category, "free-text", request.client, on_answer, used, len(session.turns))
 
     def fit_history(
         self, turns: Sequence[Turn], location: str | None, work_type: str | None, category: Category, message: str
-    ) -> tuple[tuple[ChatMessage, ...], int]:
-        """The prompt with as many of the newest turns as fit beside the longest answer. Usually
-        all of them do: one render and one tokenization. Otherwise a binary search over how
-        many to keep: at most log2(turns) + 2 of each, never one per turn."""
+    ) -> tuple[list[int], int]:
+        """The prompt's tokens with as many of the newest turns as fit beside the longest
+        answer, and how many. Usually all of them do: one render and one tokenization.
+        Otherwise a binary search over how many to keep: at most log2(turns) + 2 of each,
+        never one per turn."""
 
-        def with_newest(keep: int) -> tuple[ChatMessage, ...]:
-            return free_text_messages(turns[len(turns) - keep :], location, work_type, category, message)
+        def with_newest(keep: int) -> list[int]:
+            messages = free_text_messages(turns[len(turns) - keep :], location, work_type, category, message)
+            return self.engine.prompt_tokens(messages)
 
-        def fits(messages: tuple[ChatMessage, ...]) -> bool:
-            return self.engine.count_tokens(messages) <= self.prompt_budget
+        def fits(prompt: list[int]) -> bool:
+            return len(prompt) <= self.prompt_budget
 
         everything = with_newest(len(turns))
         if fits(everything):

@@ -5,6 +5,7 @@ arithmetic is service.recommend.deadline, unit-tested without an engine)."""
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import math
@@ -75,8 +76,9 @@ async def warm_up(engine: Engine) -> GenerationStats:
     """The start of a real base-info answer: loads the instructions into the KV cache; its
     statistics give this machine's decode speed."""
     messages = base_info_messages("도시", "사무직", CATEGORIES[0])
+    prompt = await asyncio.to_thread(engine.prompt_tokens, messages)
     request = GenerationRequest(
-        messages=messages, grammar=answer.GRAMMAR_NAME, max_tokens=WARM_UP_TOKENS, temperature=0.0
+        prompt=tuple(prompt), grammar=answer.GRAMMAR_NAME, max_tokens=WARM_UP_TOKENS, temperature=0.0
     )
     generation = engine.submit(request)
     async for _ in generation:

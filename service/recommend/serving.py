@@ -16,7 +16,7 @@ from collections.abc import AsyncGenerator
 from contextlib import AbstractAsyncContextManager, aclosing
 from time import perf_counter
 
-from service.engine import ChatMessage, Engine, FinishReason, GenerationRequest
+from service.engine import Engine, FinishReason, GenerationRequest
 from service.engine.base import EngineError, EngineStopped, NoWordInTime, PromptDoesNotFit
 from service.logs import request_stats
 from service.metrics import Metrics
@@ -117,14 +117,17 @@ class RecommendationService:
         return _ending_with_close(self._base_info_events(request), "base-info")
 
     async def _base_info_events(self, request: BaseInfoRequest) -> AsyncGenerator[Event, None]:
-        async with self._one_turn(request.session_id), aclosing(self._stream(self.jobs.base_info(request))) as events:
+        async with (
+            self._one_turn(request.session_id),
+            aclosing(self._stream(await self.jobs.base_info(request))) as events,
+        ):
             async for event in events:
                 yield event
 
     async def answer_base_info(self, request: BaseInfoRequest) -> Body:
         self.admission.check(request.client)
         async with self._one_turn(request.session_id):
-            answer = await self._answer(self.jobs.base_info(request))
+            answer = await self._answer(await self.jobs.base_info(request))
         return Body(status=200, message=MSG_BASE_INFO_ANSWER, data=answer.to_data())
 
     # -- free-text ---------------------------------------------------------------------------
@@ -175,9 +178,9 @@ class RecommendationService:
 
     # -- running a job -----------------------------------------------------------------------
 
-    def _request(self, messages: tuple[ChatMessage, ...]) -> GenerationRequest:
+    def _request(self, prompt: list[int]) -> GenerationRequest:
         return GenerationRequest(
-            messages=messages,
+            prompt=tuple(prompt),
             grammar=GRAMMAR_NAME,
             max_tokens=self.max_tokens,
             temperature=self.settings.temperature,
@@ -198,7 +201,7 @@ class RecommendationService:
         metrics = self.metrics
         started = perf_counter()
         try:
-            generation = self.engine.submit(self._request(job.messages))
+            generation = self.engine.submit(self._request(job.prompt))
         except EngineError as exc:
             raise contract_error(exc) from exc
         raw: list[str] = []
