@@ -6,19 +6,17 @@ do, has the runner do it, and moves each request on through its grammar state.
 - Requests join between steps and leave the moment they finish, are cancelled or run out of
   time; each has its own grammar state and random generator.
 - What joins, what is preempted and what goes into a step is the scheduler's decision
-  (``scheduler``); the llama.cpp calls are the runner's (``runner``); the text a request may
-  write is its grammar state's (``grammar_state``). This module only wires them.
+  (``scheduler``); the llama.cpp calls are the runner's (``runner``); what a step's logits
+  make of a request is its own (``request_state``, through its ``grammar_state``). This module
+  only wires them.
 - How many CPU threads each step uses follows what other processes use (``cpu_share``).
 """
 
 from __future__ import annotations
 
 import logging
-import secrets
 import threading
 from collections import deque
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from time import perf_counter
 
 import numpy as np
@@ -30,46 +28,15 @@ from service.engine.base import (
     GenerationFailed,
     GenerationRequest,
     GenerationStats,
-    PromptDoesNotFit,
 )
 from service.engine.cpu_share import ThreadGovernor
-from service.engine.grammar_state import CompiledGrammar, GrammarState, Vocabulary
+from service.engine.request_state import END, Emit, LoadedModel, RequestState
 from service.engine.runner import CacheFull, Chunk, ModelRunner
 from service.engine.scheduler import PROMPT_HOLDER, DropHolder, NoRoom, Phase, ScheduledRequest, Scheduler
 
 logger = logging.getLogger(__name__)
 
-# What a request hands its reader: a piece of text, an EngineError, or END.
-END = object()
-Emit = Callable[[object], None]
-
-
-@dataclass(eq=False)
-class RequestState:
-    """What the loop keeps with each request besides its tokens (the scheduler keeps those):
-    its reader, statistics, grammar state and random generator."""
-
-    request: GenerationRequest
-    emit: Emit
-    stats: GenerationStats
-    started: float = 0.0  # perf_counter() when it first started; 0.0 before
-    grammar: GrammarState | None = None
-    rng: np.random.Generator | None = None
-
-
 Work = ScheduledRequest[RequestState]
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """What the loop needs of the loaded model, and nothing else of the engine."""
-
-    runner: ModelRunner
-    vocabulary: Vocabulary
-    grammars: Mapping[str, CompiledGrammar]
-    is_end: Callable[[int], bool]
-    context_size: int
-    jump_forward: bool
 
 
 def new_work(request: GenerationRequest, emit: Emit, stats: GenerationStats, cancelled: threading.Event) -> Work:
@@ -83,13 +50,14 @@ class DecodeLoop:
     def __init__(
         self,
         model: LoadedModel,
+        runner: ModelRunner,
         max_sequences: int,
         step_tokens: int,
         governor: ThreadGovernor,
         prefill_tokens: int | None = None,
     ) -> None:
         self._model = model
-        self._runner = model.runner
+        self._runner = runner
         self._scheduler: Scheduler[RequestState] = Scheduler(max_sequences, step_tokens, prefill_tokens)
         self._governor = governor
         self._inbox: deque[Work] = deque()
@@ -193,27 +161,10 @@ class DecodeLoop:
 
     def _start(self, work: Work) -> list[int]:
         """Set a request up on its first start; the tokens of its forced opening."""
-        generation = work.payload
-        request, stats = generation.request, generation.stats
-        generation.started = perf_counter()
-        if request.deadline_s is not None:
-            work.deadline = generation.started + request.deadline_s
-        stats.prompt_tokens = len(work.prompt)
-        if len(work.prompt) + request.max_tokens > self._model.context_size:
-            raise PromptDoesNotFit(
-                f"prompt {len(work.prompt)} + max_tokens {request.max_tokens} > context {self._model.context_size}"
-            )
-        grammar = self._model.grammars.get(request.grammar)
-        if grammar is None:
-            raise GenerationFailed(f"unknown grammar {request.grammar!r}")
-        stats.seed = request.seed if request.seed is not None else secrets.randbits(32)
-        generation.rng = np.random.default_rng(stats.seed)
-        generation.grammar = grammar.start(self._model.vocabulary, self._model.jump_forward)
-        stats.finish_reason = FinishReason.LENGTH
-        # The answer's opening is forced: it goes in with the prompt, not a token a step.
-        opening, text = self._accept_forced(generation)
-        if text:
-            generation.emit(text)
+        opening = work.payload.start(len(work.prompt), self._model)
+        deadline_s = work.payload.request.deadline_s
+        if deadline_s is not None:
+            work.deadline = work.payload.started + deadline_s
         return opening
 
     def _reap(self) -> None:
@@ -260,37 +211,13 @@ class DecodeLoop:
             self._runner.use_threads(threads)
 
     def _advance(self, work: Work, logits: np.ndarray) -> None:
-        """Choose the next token from ``logits``, send its text, and queue it (with the tokens
-        of any text the grammar forces after it) for the next step."""
-        generation = work.payload
-        request, stats, grammar = generation.request, generation.stats, generation.grammar
-        assert grammar is not None and generation.rng is not None
-        token = grammar.pick(logits, request.temperature, generation.rng)
-        if self._model.is_end(token):
-            self._finish(work, FinishReason.STOP)
-            return
-        if stats.generated_tokens >= request.max_tokens:
-            self._finish(work, FinishReason.LENGTH)
-            return
-        text = grammar.accept(token)
-        stats.generated_tokens += 1
-        forced, forced_text = self._accept_forced(generation)
-        stats.decode_steps += 1
-        if text or forced_text:
-            generation.emit(text + forced_text)
-        if grammar.complete:
-            # The grammar allows only the end now: no need to decode and sample it.
-            self._finish(work, FinishReason.STOP)
-            return
-        work.pending = [token, *forced]
-
-    def _accept_forced(self, generation: RequestState) -> tuple[list[int], str]:
-        assert generation.grammar is not None
-        stats = generation.stats
-        tokens, text = generation.grammar.accept_forced(generation.request.max_tokens - stats.generated_tokens)
-        stats.generated_tokens += len(tokens)
-        stats.forced_tokens += len(tokens)
-        return tokens, text
+        """The request's next token from ``logits``, queued (with the tokens the grammar forces
+        after it) for the next step; or its end."""
+        outcome = work.payload.advance(logits, self._model.is_end)
+        if isinstance(outcome, FinishReason):
+            self._finish(work, outcome)
+        else:
+            work.pending = outcome
 
     def _make_room(self) -> None:
         try:
@@ -312,23 +239,16 @@ class DecodeLoop:
         seq_id = self._scheduler.release(work)
         if seq_id >= 0:
             self._runner.forget(seq_id)
-        generation = work.payload
-        stats = generation.stats
-        generation.grammar = None
-        if generation.started:
-            stats.decode_seconds = max(perf_counter() - generation.started - stats.prompt_seconds, 0.0)
+        work.payload.release()
 
     def _finish(self, work: Work, reason: FinishReason) -> None:
-        generation = work.payload
-        if reason is FinishReason.STOP and generation.grammar is not None:
-            try:
-                generation.grammar.finish()
-            except GenerationFailed as exc:
-                self._fail(work, exc)
-                return
-        generation.stats.finish_reason = reason
+        try:
+            work.payload.end(reason)
+        except GenerationFailed as exc:
+            self._fail(work, exc)
+            return
         self._release(work)
-        generation.emit(END)
+        work.payload.emit(END)
 
     def _fail_starting(self, work: Work, exc: Exception) -> None:
         if not isinstance(exc, EngineError):

@@ -38,10 +38,11 @@ from service.engine.base import (
     NoWordInTime,
 )
 from service.engine.cpu_share import ThreadGovernor, allowed_cores, read_cpu_sample
-from service.engine.decode_loop import END, DecodeLoop, LoadedModel, new_work
+from service.engine.decode_loop import DecodeLoop, new_work
 from service.engine.grammar_state import CompiledGrammar
 from service.engine.memory_plan import KV_TYPE_GGML
 from service.engine.model_files import ModelFileError, check_model_file
+from service.engine.request_state import END, LoadedModel
 from service.engine.runner import CPointer, ModelRunner
 from service.engine.tokens import Tokenizer
 from service.settings import Settings
@@ -138,13 +139,13 @@ class LlamaCppEngine:
         cores = self._cores
         self._decode_loop = DecodeLoop(
             LoadedModel(
-                runner=ModelRunner(self.ctx, config.batch_size, self.tokens.n_vocab, self.threads),
                 vocabulary=self.tokens,
                 grammars=self.grammars,
                 is_end=self.tokens.is_end,
                 context_size=self.n_ctx,
                 jump_forward=config.jump_forward,
             ),
+            ModelRunner(self.ctx, config.batch_size, self.tokens.n_vocab, self.threads),
             max_sequences=config.parallel,
             step_tokens=config.batch_size,
             governor=ThreadGovernor(
