@@ -28,7 +28,7 @@ def request(tail: list[int], name: str = "", deadline: float = float("inf")) -> 
 def start_all(scheduler: Scheduler[str]) -> list[ScheduledRequest[str]]:
     started = []
     while (work := scheduler.next_to_start()) is not None:
-        scheduler.place(work, list(work.prompt))
+        scheduler.place(work)
         started.append(work)
     return started
 
@@ -185,7 +185,7 @@ def test_the_youngest_is_preempted_keeps_its_tokens_and_goes_first_when_room_ret
     assert scheduler.next_to_start() is None  # nobody joins until someone finishes
     scheduler.release(scheduler.running[0])
     assert scheduler.next_to_start() is victim
-    scheduler.place(victim, [])
+    scheduler.place(victim)
     assert victim.pending == [*victim.prompt, 7]
     assert [r.phase for r in scheduler.running] == [Phase.DECODING, Phase.PREFILL]
     assert run_prompts(scheduler) == []  # its second evaluation is not a prompt to keep
@@ -301,3 +301,23 @@ def test_a_request_does_not_wait_for_a_much_longer_prompt_to_share_its_beginning
     scheduler.add(request([2], "short"))
     short = scheduler.next_to_start()  # evaluating its own 201 tokens beats waiting for 2,200
     assert short is not None and short.payload == "short"
+
+
+def test_one_plan_ends_starts_and_steps_and_comes_back_with_what_the_holder_keeps() -> None:
+    """Issue #23: the loop asks once a step (``schedule``) and hands the plan back (``update``)."""
+    scheduler: Scheduler[str] = Scheduler(max_running=2, step_tokens=512)
+    for name, deadline in [("late", 5.0), ("leaving", float("inf"))]:
+        scheduler.add(request([len(name)], name, deadline=deadline))
+        plan = scheduler.schedule(now=0.0)
+        assert [p.request.payload for p in plan.started] == [name]
+        assert [keep.prompt for keep in scheduler.update(plan)] == [plan.started[0].request.prompt]
+    leaving = scheduler.running[1]
+    leaving.cancelled.set()
+    scheduler.add(request([3], "newcomer"))
+    plan = scheduler.schedule(now=10.0)
+    assert [(w.payload, cancelled) for w, cancelled, _ in plan.ended] == [("late", False), ("leaving", True)]
+    assert all(seq_id > 0 for _, _, seq_id in plan.ended)  # freed by the plan, for the loop to forget
+    assert [(p.request.payload, p.shared, p.first) for p in plan.started] == [("newcomer", len(INSTRUCTIONS), True)]
+    assert [(w.payload, take) for w, take in plan.chunks] == [("newcomer", 1)]
+    (keep,) = scheduler.update(plan)
+    assert keep.prompt == [*INSTRUCTIONS, 3]

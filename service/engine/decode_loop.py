@@ -1,5 +1,5 @@
-"""Continuous batching (issue #6): the thread that, step after step, asks the scheduler what to
-do, has the runner do it, and moves each request on through its grammar state.
+"""Continuous batching (issue #6): the thread that, step after step, asks the scheduler for one
+plan, has the runner carry it out, and hands each request its logits.
 
 - Every running request is one sequence of one llama.cpp context; each step decodes one token
   (or a jump-forward run of forced tokens) of every sequence in a single llama_decode call.
@@ -32,7 +32,7 @@ from service.engine.base import (
 from service.engine.cpu_share import ThreadGovernor
 from service.engine.request_state import END, Emit, LoadedModel, RequestState
 from service.engine.runner import CacheFull, Chunk, ModelRunner
-from service.engine.scheduler import PROMPT_HOLDER, DropHolder, NoRoom, Phase, ScheduledRequest, Scheduler
+from service.engine.scheduler import PROMPT_HOLDER, DropHolder, NoRoom, ScheduledRequest, Scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -126,10 +126,7 @@ class DecodeLoop:
             try:
                 for work in arrived:
                     self._enqueue(work)
-                self._admit()
-                self._reap()
-                if scheduler.running:
-                    self._step()
+                self._step()
             except Exception as exc:  # a broken step must fail its requests, not stop the thread
                 logger.exception("decode step failed")
                 self._fail_all(GenerationFailed(f"{type(exc).__name__}: {exc}"))
@@ -141,42 +138,36 @@ class DecodeLoop:
             self._finish(work, FinishReason.CANCELLED)
 
     def _enqueue(self, work: Work) -> None:
+        """Set an arriving request up (its grammar state, deadline and forced opening) and
+        queue it; one that cannot start fails alone."""
         work.prompt = list(work.payload.request.prompt)
-        self._scheduler.add(work)
-
-    def _admit(self) -> None:
-        while (work := self._scheduler.next_to_start()) is not None:
-            if work.cancelled.is_set():
-                self._finish(work, FinishReason.CANCELLED)
-                continue
-            try:
-                first_time = work.phase is Phase.WAITING
-                opening = self._start(work) if first_time else []
-                placement = self._scheduler.place(work, [*work.prompt, *opening])
-                self._runner.copy(PROMPT_HOLDER, work.seq_id, 0, placement.shared)
-                if first_time:
-                    work.payload.stats.cached_prompt_tokens = placement.shared
-            except Exception as exc:  # noqa: BLE001 - handed to that request's reader
-                self._fail_starting(work, exc)
-
-    def _start(self, work: Work) -> list[int]:
-        """Set a request up on its first start; the tokens of its forced opening."""
-        opening = work.payload.start(len(work.prompt), self._model)
+        try:
+            opening = work.payload.start(len(work.prompt), self._model)
+        except Exception as exc:  # noqa: BLE001 - handed to that request's reader
+            self._fail_starting(work, exc)
+            return
         deadline_s = work.payload.request.deadline_s
         if deadline_s is not None:
             work.deadline = work.payload.started + deadline_s
-        return opening
-
-    def _reap(self) -> None:
-        for work, cancelled in list(self._scheduler.overdue(perf_counter())):
-            self._finish(work, FinishReason.CANCELLED if cancelled else FinishReason.DEADLINE)
+        work.pending = [*work.prompt, *opening]
+        self._scheduler.add(work)
 
     def _step(self) -> None:
-        plan = self._scheduler.plan()
-        if not plan:
+        """One plan from the scheduler, carried out: endings, starts, one decode call, and the
+        plan handed back with what came of it."""
+        plan = self._scheduler.schedule(perf_counter())
+        for work, cancelled, seq_id in plan.ended:
+            self._finish(work, FinishReason.CANCELLED if cancelled else FinishReason.DEADLINE, seq_id)
+        for placement in plan.started:
+            work = placement.request
+            self._runner.copy(PROMPT_HOLDER, work.seq_id, 0, placement.shared)
+            if placement.first:
+                work.payload.stats.cached_prompt_tokens = placement.shared
+        if not plan.chunks:
             return
         chunks = [
-            Chunk(work.seq_id, len(work.cached), work.pending[:take], take == len(work.pending)) for work, take in plan
+            Chunk(work.seq_id, len(work.cached), work.pending[:take], take == len(work.pending))
+            for work, take in plan.chunks
         ]
         self._use_threads(self._governor.threads_for_next_step())
         try:
@@ -184,15 +175,16 @@ class DecodeLoop:
         except CacheFull:
             self._make_room()
             return
-        for (work, take), logits in zip(plan, rows, strict=True):
-            keep = self._scheduler.evaluated(work, take)
-            if keep is not None:
-                generation = work.payload
-                generation.stats.prompt_seconds = perf_counter() - generation.started
-                self._runner.forget(PROMPT_HOLDER, keep.common)
-                self._runner.copy(keep.source, PROMPT_HOLDER, keep.common, len(keep.prompt))
+        # The prompts kept for sharing are copied before any request leaves and frees its cells.
+        for keep in self._scheduler.update(plan):
+            self._runner.forget(PROMPT_HOLDER, keep.common)
+            self._runner.copy(keep.source, PROMPT_HOLDER, keep.common, len(keep.prompt))
+        for (work, _), logits in zip(plan.chunks, rows, strict=True):
             if logits is None:
                 continue
+            stats = work.payload.stats
+            if not stats.prompt_seconds:
+                stats.prompt_seconds = perf_counter() - work.payload.started
             try:
                 self._advance(work, logits)
             except EngineError as exc:
@@ -235,19 +227,23 @@ class DecodeLoop:
 
     # -- endings -----------------------------------------------------------------------------
 
-    def _release(self, work: Work) -> None:
-        seq_id = self._scheduler.release(work)
+    def _release(self, work: Work, seq_id: int | None = None) -> None:
+        """Free ``work``'s sequence (``seq_id``: already taken from the scheduler)."""
+        if seq_id is None:
+            seq_id = self._scheduler.release(work)
         if seq_id >= 0:
             self._runner.forget(seq_id)
         work.payload.release()
 
-    def _finish(self, work: Work, reason: FinishReason) -> None:
+    def _finish(self, work: Work, reason: FinishReason, seq_id: int | None = None) -> None:
+        """``work`` ends for ``reason`` (``seq_id``: its sequence, already taken from the
+        scheduler)."""
         try:
             work.payload.end(reason)
         except GenerationFailed as exc:
             self._fail(work, exc)
             return
-        self._release(work)
+        self._release(work, seq_id)
         work.payload.emit(END)
 
     def _fail_starting(self, work: Work, exc: Exception) -> None:

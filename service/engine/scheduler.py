@@ -1,6 +1,8 @@
 """What the decode loop does next: which requests join, which one is preempted, and what goes
 into the next step. Decisions only: no model, no llama.cpp; the loop carries them out through
-the runner (issue #14, in the manner of vLLM's scheduler / model-runner split).
+the runner (issue #14, in the manner of vLLM's scheduler / model-runner split). Each step the
+loop asks once (``schedule``: one StepPlan of who ends, who starts and what is decoded) and
+hands the plan back (``update``); a full cache is ``cache_full``'s (issue #23).
 
 - Requests join between steps while a sequence id is free, in arrival order. A request whose
   prompt shares much more with a prompt still being evaluated than with the kept one waits for
@@ -81,10 +83,11 @@ class ScheduledRequest(Generic[Payload]):
 @dataclass(frozen=True)
 class Placement(Generic[Payload]):
     """Start ``request`` in sequence ``request.seq_id``; copy its first ``shared`` tokens from
-    the prompt holder."""
+    the prompt holder. ``first``: its first start (not a return after a preemption)."""
 
     request: ScheduledRequest[Payload]
     shared: int
+    first: bool = True
 
 
 @dataclass(frozen=True)
@@ -110,6 +113,19 @@ class Preempt(Generic[Payload]):
 
     request: ScheduledRequest[Payload]
     seq_id: int
+
+
+@dataclass(frozen=True)
+class StepPlan(Generic[Payload]):
+    """Everything the loop does next, decided at once (issue #23, in the manner of vLLM's
+    ``schedule()``): end ``ended`` (cancelled: True, past its deadline: False; its sequence id,
+    already freed here, or -1), set up ``started`` (copy the shared prefix), and decode
+    ``chunks``: (request, how many of its pending tokens). After the step, ``update`` takes the
+    plan back."""
+
+    ended: list[tuple[ScheduledRequest[Payload], bool, int]]
+    started: list[Placement[Payload]]
+    chunks: list[tuple[ScheduledRequest[Payload], int]]
 
 
 class NoRoom(Exception):
@@ -179,11 +195,13 @@ class Scheduler(Generic[Payload]):
             for other in self.running
         )
 
-    def place(self, request: ScheduledRequest[Payload], pending: list[int]) -> Placement[Payload]:
-        """Give ``request`` a sequence. ``pending``: on its first start, every token it begins
-        with (prompt and forced opening); after a preemption, ignored (it has its own)."""
-        if request.phase is Phase.WAITING:
-            request.pending = pending
+    def place(self, request: ScheduledRequest[Payload]) -> Placement[Payload]:
+        """Give ``request`` a sequence: on its first start it begins with ``pending`` (its prompt
+        and forced opening, set when it was added) or else its prompt; after a preemption, with
+        all its tokens."""
+        first = request.phase is Phase.WAITING
+        if first and not request.pending:
+            request.pending = list(request.prompt)
         tokens = request.cached + request.pending
         # The last token is evaluated again even when cached: its logits choose the next one.
         shared = min(common_prefix(self.holder, tokens), len(tokens) - 1)
@@ -193,7 +211,7 @@ class Scheduler(Generic[Payload]):
             request.long_prompt = len(request.pending) > self.prefill_tokens
         request.phase = Phase.PREFILL
         self.running.append(request)
-        return Placement(request, max(shared, 0))
+        return Placement(request, max(shared, 0), first)
 
     # -- leaving -----------------------------------------------------------------------------
 
@@ -220,6 +238,24 @@ class Scheduler(Generic[Payload]):
         return seq_id
 
     # -- the step ----------------------------------------------------------------------------
+
+    def schedule(self, now: float) -> StepPlan[Payload]:
+        """Who ends (cancelled or past its deadline, running or waiting), who starts, and what
+        the next step decodes."""
+        ended = [(request, cancelled, self.release(request)) for request, cancelled in list(self.overdue(now))]
+        started = []
+        while (request := self.next_to_start()) is not None:
+            if request.cancelled.is_set():
+                ended.append((request, True, self.release(request)))
+            else:
+                started.append(self.place(request))
+        return StepPlan(ended, started, self.plan())
+
+    def update(self, plan: StepPlan[Payload]) -> list[KeepPrompt]:
+        """The step of ``plan`` ran: its tokens are in the cache. What the holder is to keep
+        (a prompt that just finished), for the loop to copy before anyone leaves."""
+        kept = (self.evaluated(request, take) for request, take in plan.chunks)
+        return [keep for keep in kept if keep is not None]
 
     def plan(self) -> list[tuple[ScheduledRequest[Payload], int]]:
         """(request, how many of its pending tokens) for the next step; called once a step.
