@@ -14,10 +14,11 @@ import pytest
 
 from service.recommend.answer import Answer
 from tests.support.queries import BASE, SSE
+from tests.support.queries import QUERY as BASE_INFO_QUERY
 from tests.support.service_process import ROOT, ServiceProcess
 from tests.support.sse import TIMEOUT, check_success_stream, relay_read
 
-QUERY = {"sessionId": "e2e-1", "location": "도시", "workType": "사무직", "category": "비건"}
+QUERY = {**BASE_INFO_QUERY, "sessionId": "e2e-1"}
 
 
 @pytest.fixture(scope="module")
