@@ -241,7 +241,7 @@ class DecodeLoop:
         try:
             work.payload.end(reason)
         except GenerationFailed as exc:
-            self._fail(work, exc)
+            self._fail(work, exc, seq_id)
             return
         self._release(work, seq_id)
         work.payload.emit(END)
@@ -252,8 +252,8 @@ class DecodeLoop:
             exc = GenerationFailed(f"{type(exc).__name__}: {exc}")
         self._fail(work, exc)
 
-    def _fail(self, work: Work, error: EngineError) -> None:
-        self._release(work)
+    def _fail(self, work: Work, error: EngineError, seq_id: int | None = None) -> None:
+        self._release(work, seq_id)
         work.payload.emit(error)
 
     def _fail_all(self, error: EngineError) -> None:
