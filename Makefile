@@ -29,7 +29,7 @@ help:
 	@echo "make test-fast - lint and the unit tests (no model runs), in about a minute"
 	@echo "make lint   - ruff and mypy"
 	@echo "make bench  - engine and HTTP timings on the embedded model and gemma-3-270m (BENCH_ARGS=...)"
-	@echo "make bench-peer - ours against llama.cpp's llama-server, 1/4/8 requests (PEER_ARGS=...)"
+	@echo "make bench-peer - ours against llama.cpp's llama-server, 1/4/8/16 requests, two traffics (PEER_ARGS=...)"
 	@echo "make loadtest CLIENTS=4 DURATION=60 - concurrent stream readers on loopback"
 	@echo "make clean  - remove the virtual environment and caches"
 
@@ -90,7 +90,7 @@ bench: install-dev
 	$(PY) -m scripts.bench $(BENCH_ARGS)
 
 # Ours against llama.cpp's own llama-server on the same model, grammar, prompts and traffic
-# (issue #15). The first run builds llama-server (about 12 minutes on 2 cores) into
+# (issues #15, #22). The first run builds llama-server (about 12 minutes on 2 cores) into
 # ~/.cache/leafresh/peer, reused while llama-cpp-python's version stays.
 PEER_ARGS ?= --model embedded --model gemma
 bench-peer: install-dev

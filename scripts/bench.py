@@ -51,6 +51,7 @@ import statistics
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,7 @@ import httpx
 import llguidance
 import numpy as np
 
+from scripts.streams import ours_wave
 from service.engine import ChatMessage, GenerationRequest
 from service.engine.cpu_share import allowed_cores
 from service.engine.llama import LlamaConfig, LlamaCppEngine
@@ -71,8 +73,9 @@ from service.recommend.prompts import EXAMPLE_ANSWER, INSTRUCTIONS, base_info_me
 from service.tools.modelhub import DEFAULT_MODEL_DIR, load_catalog
 from tests.support.abuse import normal_user_under_abuse
 from tests.support.metrics import metric
-from tests.support.queries import BASE_INFO, QUERY, SSE, as_user, rotating_queries
+from tests.support.queries import BASE_INFO, QUERY, SSE, rotating_queries
 from tests.support.service_process import ROOT, ServiceProcess
+from tests.support.traffic import Request, production_waves
 
 MESSAGES = base_info_messages(QUERY["location"], QUERY["workType"], category_by_code("VEGAN"))
 GRAMMAR = answer.grammar_text()
@@ -243,40 +246,32 @@ async def _greedy_agreement(model: Path, size: int) -> dict[str, Any]:
     return {"requests": size, "identical": same, "first_difference_at_chars": first_difference}
 
 
-async def _first_challenge(client: httpx.AsyncClient, query: dict[str, str], user: int) -> float:
-    """One base-info stream of one user, read to its end; seconds to its first ``challenge`` event."""
-    started = time.perf_counter()
-    first = float("nan")
-    async with client.stream("GET", BASE_INFO, params=query, headers=as_user(user)) as response:
-        async for line in response.aiter_lines():
-            if first != first and line == "event: challenge":
-                first = time.perf_counter() - started
-    return first
-
-
-async def http_wave(base_url: str, queries: list[dict[str, str]]) -> dict[str, Any]:
-    """``queries`` sent at once: answer tokens (from /metrics) over the wave's wall time, and
-    each request's seconds to its first ``challenge`` event."""
+async def http_wave(base_url: str, requests: Sequence[Request | dict[str, str]]) -> dict[str, Any]:
+    """``requests`` sent at once (traffic requests, or base-info queries): answer tokens (from
+    /metrics) over the wave's wall time, and each request's seconds to its first ``challenge``
+    event and to its end."""
     tokens_before = metric(base_url, "leafresh_generated_tokens_total")
-    started = time.perf_counter()
-    async with httpx.AsyncClient(base_url=base_url, timeout=httpx.Timeout(900.0)) as client:
-        firsts = await asyncio.gather(*(_first_challenge(client, query, n) for n, query in enumerate(queries)))
-    elapsed = time.perf_counter() - started
+    sent = [r if isinstance(r, Request) else Request(n, None, 1, r) for n, r in enumerate(requests)]
+    wave, _ = await ours_wave(base_url, sent)
     tokens = metric(base_url, "leafresh_generated_tokens_total") - tokens_before
     return {
-        "requests": len(queries),
+        "requests": len(sent),
         "tokens": tokens,
-        "seconds": elapsed,
-        "tokens_per_s": tokens / elapsed,
-        "answers_per_minute": 60 * len(queries) / elapsed,
-        "first_challenge_s": list(firsts),
+        "seconds": wave.seconds,
+        "tokens_per_s": tokens / wave.seconds,
+        "answers_per_minute": wave.answers_per_minute,
+        "first_challenge_s": [s.first_text_s for s in wave.streams],
+        "stream_s": [s.seconds for s in wave.streams],
+        "routes": [s.route for s in wave.streams],
     }
 
 
 def bench_http(model: Path, runs: int, temperature: float, concurrency: tuple[int, ...]) -> dict[str, Any]:
-    """Waves on the rotating mix (each request a different place, kind of work and category, as
-    production sends them); the lone request also on one prompt repeated, whose instructions
-    and facts are all cached, for the first-event time beside the mix's."""
+    """Waves on the rotating mix (each request a different place, kind of work and category);
+    the lone request also on one prompt repeated, whose instructions and facts are all cached,
+    for the first-event time beside the mix's; then the production-like traffic (issue #22:
+    combinations drawn from a Zipf law, a third free-text turns of earlier sessions) in the
+    same waves, after its unmeasured prelude."""
     service = bench_service(model, {"LEAFRESH_TEMPERATURE": str(temperature)})
     base = service.base_url
     queries = iter(rotating_queries(runs + sum(concurrency)))
@@ -288,6 +283,10 @@ def bench_http(model: Path, runs: int, temperature: float, concurrency: tuple[in
         results["concurrent"] = [
             asyncio.run(http_wave(base, [next(queries) for _ in range(size)])) for size in concurrency
         ]
+        prelude, *waves = production_waves([1] * runs + list(concurrency), seed=0)
+        asyncio.run(http_wave(base, prelude))
+        measured = [asyncio.run(http_wave(base, wave)) for wave in waves]
+        results["production_single"], results["production_concurrent"] = measured[:runs], measured[runs:]
     finally:
         service.stop()
     return results
@@ -577,14 +576,17 @@ def bench_model(model: Path, args: argparse.Namespace) -> dict[str, Any]:
         )
     )
     for wave in http["concurrent"]:
-        firsts = [f for f in wave["first_challenge_s"] if f == f]
-        rows.append(
-            (
-                f"{wave['requests']} simultaneous requests (aggregate)",
-                wave["tokens_per_s"],
-                f"first challenge min {min(firsts):.2f} s / max {max(firsts):.2f} s ({max(firsts) / first:.1f}x lone)",
-            )
+        rows.append(_wave_row(f"{wave['requests']} simultaneous requests (aggregate)", wave, first))
+    production_first = statistics.median(r["first_challenge_s"][0] for r in http["production_single"])
+    rows.append(
+        (
+            "service over HTTP (production-like traffic)",
+            statistics.median(r["tokens_per_s"] for r in http["production_single"]),
+            f"first challenge {production_first:.3f} s",
         )
+    )
+    for wave in http["production_concurrent"]:
+        rows.append(_wave_row(f"{wave['requests']} simultaneous, production-like", wave, production_first))
     each = sharing["two_at_once"]
     rows.append(
         (
@@ -618,6 +620,15 @@ def bench_model(model: Path, args: argparse.Namespace) -> dict[str, Any]:
         "two_processes": sharing,
         "table": [{"path": n, "tokens_per_s": s, "ratio": s / top, "notes": note} for n, s, note in rows],
     }
+
+
+def _wave_row(name: str, wave: dict[str, Any], lone_first: float) -> tuple[str, float, str]:
+    firsts = [f for f in wave["first_challenge_s"] if f == f]
+    return (
+        name,
+        wave["tokens_per_s"],
+        f"first challenge min {min(firsts):.2f} s / max {max(firsts):.2f} s ({max(firsts) / lone_first:.1f}x lone)",
+    )
 
 
 def bench_fairness(model: Path, runs: int, url: str | None) -> list[dict[str, Any]]:

@@ -4,10 +4,12 @@
 
 - ceiling: the raw decode loop with every layer on the GPU; our engine with the grammar, alone:
   tokens/s, time to the first token, prompt tokens/s;
-- the service over HTTP at 1, 4, 8 and 16 simultaneous base-info requests of the rotating mix:
-  aggregate tokens/s, answers per minute, each first ``challenge`` event against a lone
-  request's; beside each, llama-batched-bench's decode speed on the same file with as many
-  sequences (the ceiling for batched decoding on this card);
+- the service over HTTP at 1, 4, 8, 16 and 32 simultaneous requests, on the rotating mix of
+  base-info requests and on the production-like traffic (issue #22: Zipf-drawn combinations, a
+  third free-text turns of earlier sessions, tests/support/traffic): aggregate tokens/s,
+  answers per minute, each first ``challenge`` event against a lone request's; beside each,
+  llama-batched-bench's decode speed on the same file with as many sequences sharing one
+  prompt of our prompt's length (``-pps``: the ceiling for batched decoding on this card);
 - LEAFRESH_GPU_LAYERS=auto under three VRAM budgets and each KV cache type: layers chosen and
   GPU memory measured with nvidia-smi against the memory plan.
 Goals (GPU): every first event within 2x a lone request's; aggregate >= 0.8x batched-bench;
@@ -35,8 +37,12 @@ from typing import Any
 from scripts.bench import bench_ceiling, bench_service, engine_runs, http_wave
 from service.engine.memory_plan import MIB, plan, shape_from_gguf
 from tests.support.queries import rotating_queries
+from tests.support.traffic import production_waves
 
 ALL_LAYERS = 999
+# A base-info prompt and a typical answer, in tokens (README: Performance).
+PROMPT_TOKENS = 896
+ANSWER_TOKENS = 400
 BUDGETS_MB = (4096, 6144, 8192)
 KV_TYPES = ("f16", "q8_0", "q4_0")
 
@@ -68,8 +74,9 @@ def batched_bench(binary: Path | None, model: Path, gpu_layers: int, sizes: list
         return {}
     command = [
         str(binary),
-        *("-m", str(model), "-ngl", str(gpu_layers), "-c", "16384", "-b", "2048", "-ub", "512"),
-        *("-npp", "128", "-ntg", "256", "-npl", ",".join(map(str, sizes)), "--output-format", "jsonl"),
+        *("-m", str(model), "-ngl", str(gpu_layers), "-c", str(PROMPT_TOKENS + ANSWER_TOKENS * max(sizes) + 1024)),
+        *("-b", "2048", "-ub", "512", "-pps", "-npp", str(PROMPT_TOKENS), "-ntg", str(ANSWER_TOKENS)),
+        *("-npl", ",".join(map(str, sizes)), "--output-format", "jsonl"),
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
     speeds = {}
@@ -80,7 +87,8 @@ def batched_bench(binary: Path | None, model: Path, gpu_layers: int, sizes: list
     return speeds
 
 
-def http_figures(model: Path, gpu_layers: int, sizes: list[int]) -> list[dict[str, Any]]:
+def http_figures(model: Path, gpu_layers: int, sizes: list[int]) -> dict[str, list[dict[str, Any]]]:
+    """Waves of each traffic against one service running every wave at once."""
     service = bench_service(
         model,
         {
@@ -90,20 +98,21 @@ def http_figures(model: Path, gpu_layers: int, sizes: list[int]) -> list[dict[st
         },
     )
     queries = iter(rotating_queries(2 + 2 + sum(sizes)))
-    waves = []
     try:
         asyncio.run(http_wave(service.base_url, [next(queries)]))  # warm
         lone = statistics.median(
             asyncio.run(http_wave(service.base_url, [next(queries)]))["first_challenge_s"][0] for _ in range(2)
         )
-        for size in sizes:
-            wave = asyncio.run(http_wave(service.base_url, [next(queries) for _ in range(size)]))
-            wave["lone_first_challenge_s"] = lone
-            wave["worst_first_vs_lone"] = max(wave["first_challenge_s"]) / lone
-            waves.append(wave)
+        rotating = [asyncio.run(http_wave(service.base_url, [next(queries) for _ in range(size)])) for size in sizes]
+        prelude, *waves = production_waves(sizes, seed=0)
+        asyncio.run(http_wave(service.base_url, prelude))
+        production = [asyncio.run(http_wave(service.base_url, wave)) for wave in waves]
     finally:
         service.stop()
-    return waves
+    for wave in rotating + production:
+        wave["lone_first_challenge_s"] = lone
+        wave["worst_first_vs_lone"] = max(wave["first_challenge_s"]) / lone
+    return {"rotating": rotating, "production": production}
 
 
 def memory_figures(model: Path, context: int, gpu: bool, stop_at: float) -> list[dict[str, Any]]:
@@ -176,7 +185,7 @@ def main() -> int:
     parser.add_argument("--model", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--batched-bench", type=Path, default=None)
-    parser.add_argument("--sizes", default="1,4,8,16")
+    parser.add_argument("--sizes", default="1,4,8,16,32")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--cpu", action="store_true", help="the rehearsal: no GPU")
     parser.add_argument(
@@ -218,13 +227,15 @@ def main() -> int:
 
 
 def goals(report: dict[str, Any]) -> dict[str, Any]:
-    waves = report.get("http")
+    traffics = report.get("http")
     batched = report.get("batched_bench_tokens_per_s") or {}
     result: dict[str, Any] = {}
-    if isinstance(waves, list):
-        result["first_event_within_2x_lone"] = {w["requests"]: round(w["worst_first_vs_lone"], 2) for w in waves}
+    for traffic, waves in traffics.items() if isinstance(traffics, dict) and "error" not in traffics else ():
+        result[f"first_event_within_2x_lone_{traffic}"] = {
+            w["requests"]: round(w["worst_first_vs_lone"], 2) for w in waves
+        }
         if isinstance(batched, dict) and batched:
-            result["aggregate_vs_batched_bench"] = {
+            result[f"aggregate_vs_batched_bench_{traffic}"] = {
                 w["requests"]: round(w["tokens_per_s"] / batched[w["requests"]], 2)
                 for w in waves
                 if w["requests"] in batched

@@ -94,7 +94,7 @@ run() {
     [ "$built" = 1 ] || wait "$build_pid" || { tail -30 "$out/build.log" >&2; exit 1; }
     log "CUDA build done at $((SECONDS - started)) s"
     export LLAMA_CPP_LIB_PATH="$work/build/bin" LD_LIBRARY_PATH="$work/build/bin:${LD_LIBRARY_PATH:-}"
-    measure "$py" "$model" "$out" "$work/build/bin/llama-batched-bench" --sizes 1,4,8,16 --runs 3
+    measure "$py" "$model" "$out" "$work/build/bin/llama-batched-bench" --sizes 1,4,8,16,32 --runs 3
   fi
   log "done in $((SECONDS - started)) s: $out/gpu-check.json"
 }

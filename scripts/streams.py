@@ -53,6 +53,7 @@ class Wave:
     traffic: str
     seconds: float
     streams: list[Stream] = field(default_factory=list)
+    slots: int = 0  # generations the server ran at once
 
     @property
     def tokens(self) -> int:

@@ -22,6 +22,9 @@ class Metrics:
         )
         self.queue_depth = Gauge("leafresh_queue_depth", "Requests waiting for the engine", registry=r)
         self.active = Gauge("leafresh_generations_active", "Generations running now", registry=r)
+        self.parallel = Gauge(
+            "leafresh_parallel_slots", "Generations that may run at once (LEAFRESH_PARALLEL, auto settled)", registry=r
+        )
         self.queue_wait = Histogram(
             "leafresh_queue_wait_seconds", "Time a request waited for the engine", buckets=_LATENCY_BUCKETS, registry=r
         )

@@ -15,6 +15,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 CLOSE_MARGIN_S = 10.0
 # Below this an auto deadline would fail even fast machines' answers.
 MIN_AUTO_DEADLINE_S = 60.0
+# LEAFRESH_PARALLEL=auto (issue #22). What one request holds of the context beyond the shared
+# instructions: its facts or history (100-460 tokens) and its answer (300-450).
+AUTO_PARALLEL_TOKENS_PER_REQUEST = 512
+AUTO_PARALLEL_MAX = 32
+# Each stream's decode speed that auto never goes below: Korean at about 2 tokens a syllable
+# reads at 2-3 syllables a second, a slow reader's pace.
+STREAM_FLOOR_TOKENS_S = 5.0
+AUTO_PARALLEL_MIN = 4
 
 
 class Settings(BaseSettings):
@@ -45,11 +53,13 @@ class Settings(BaseSettings):
         le=8192,
         description="Tokens evaluated per llama_decode call (prompt chunks and all streams).",
     )
-    parallel: int = Field(
-        default=4,
-        ge=1,
-        le=64,
-        description="Requests generated together in one batch (continuous batching); more wait in the queue.",
+    parallel: int | Literal["auto"] = Field(
+        default="auto",
+        description=(
+            "Requests generated together in one batch (continuous batching); more wait in the queue. auto: as many "
+            "as still stream 5 tokens/s each at the warm-up's decode speed (at least 4), within the context's room "
+            "(a request's own 512 tokens each) and at most 32."
+        ),
     )
     jump_forward: bool = Field(
         default=True,
@@ -280,7 +290,7 @@ class Settings(BaseSettings):
     def _every_running_request_fits_a_step(self) -> Settings:
         # Each step carries one token of every running request: more of them than a step holds
         # cannot all move (issue #21: PARALLEL=64 with BATCH_SIZE=8 was accepted).
-        if self.parallel > self.batch_size:
+        if isinstance(self.parallel, int) and self.parallel > self.batch_size:
             raise ValueError(
                 f"LEAFRESH_PARALLEL={self.parallel} is more than LEAFRESH_BATCH_SIZE={self.batch_size}: "
                 "raise the batch size or lower the parallel requests"
@@ -325,10 +335,26 @@ class Settings(BaseSettings):
             raise ValueError("must be auto or at least 1")
         return value
 
+    @field_validator("parallel")
+    @classmethod
+    def _parallel_in_range(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 64:
+            raise ValueError("must be auto or a number from 1 to 64")
+        return value
+
     @property
-    def client_slots(self) -> int:
+    def max_parallel(self) -> int:
+        """The most generations that may ever run at once: the engine's sequences. ``auto``
+        settles below it after the warm-up (service.recommend.preflight.choose_parallel)."""
+        if isinstance(self.parallel, int):
+            return self.parallel
+        room = self.context_size // AUTO_PARALLEL_TOKENS_PER_REQUEST
+        return max(1, min(AUTO_PARALLEL_MAX, room, self.batch_size))
+
+    def client_slots(self, parallel: int) -> int:
+        """Engine slots one client may hold while ``parallel`` generations run at once."""
         wanted = self.client_max_running
-        return max(1, self.parallel // 4) if wanted == "auto" else min(wanted, self.parallel)
+        return max(1, parallel // 4) if wanted == "auto" else min(wanted, parallel)
 
     @property
     def client_queue_places(self) -> int:

@@ -123,3 +123,27 @@ def test_a_clients_message_tokens_are_budgeted_per_minute() -> None:
     now[0] += 30
     assert budget.spend("amplifier", 2000) == 0.0
     assert budget.spend("anyone", 10**6) == 0.0  # longer than the whole budget: goes alone, once
+
+
+def test_resizing_starts_the_waiting_at_once_and_fewer_slots_hold_new_ones_back() -> None:
+    """LEAFRESH_PARALLEL=auto settles after the warm-up (issue #22)."""
+
+    async def scenario() -> tuple[int, int, int]:
+        admission = _admission(2, 16)
+        release = asyncio.Event()
+        started: list[str] = []
+        tasks = [asyncio.create_task(_hold(admission, f"u{n}", started, release, f"u{n}")) for n in range(6)]
+        await asyncio.sleep(0.01)
+        before = len(started)
+        admission.resize(5, 2)
+        await asyncio.sleep(0.01)
+        grown = len(started)
+        admission.resize(1, 1)
+        late = asyncio.create_task(_hold(admission, "late", started, release, "late"))
+        await asyncio.sleep(0.01)
+        shrunk = len(started)
+        release.set()
+        await asyncio.gather(*tasks, late)
+        return before, grown, shrunk
+
+    assert asyncio.run(scenario()) == (2, 5, 5)

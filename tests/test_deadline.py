@@ -57,3 +57,21 @@ def test_a_machine_too_slow_for_a_typical_answer_is_warned_about(caplog: pytest.
     with caplog.at_level(logging.WARNING, logger="service.recommend.preflight"):
         service_after_warm_up(Settings(_env_file=None), step_s=2.0)
     assert "most requests will end with 504" in caplog.text
+
+
+def test_auto_parallel_follows_the_warm_up_within_the_context_and_a_number_stays(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Issue #22: a fast small model starts a whole burst at once, a slow machine keeps 4, and
+    the context's room caps both."""
+    settings = Settings(_env_file=None)
+    assert settings.parallel == "auto" and settings.max_parallel == settings.context_size // 512
+    with caplog.at_level(logging.INFO, logger="service.recommend.preflight"):
+        fast = service_after_warm_up(settings, step_s=0.001)
+    assert fast.admission.slots == settings.max_parallel
+    assert "parallel generations: 16" in caplog.text
+    assert service_after_warm_up(settings, step_s=1 / 30).admission.slots == 6  # 30 tokens/s ÷ 5
+    assert service_after_warm_up(settings, step_s=0.3).admission.slots == 4  # a 7B model on a CPU
+    small_context = Settings(_env_file=None, context_size=2048)
+    assert service_after_warm_up(small_context, step_s=0.001).admission.slots == 4
+    assert service_after_warm_up(Settings(_env_file=None, parallel=2), step_s=0.001).admission.slots == 2

@@ -254,7 +254,7 @@ def test_while_others_decode_a_step_carries_a_bounded_prompt_share_shortest_prom
     run_prompts(scheduler)
     past_first_words(scheduler)
     scheduler.add(ScheduledRequest(prompt=list(range(5000, 7000)), payload="amplified"))
-    scheduler.add(ScheduledRequest(prompt=list(range(3000, 3300)), payload="second long"))
+    scheduler.add(ScheduledRequest(prompt=list(range(3000, 3500)), payload="second long"))
     scheduler.add(ScheduledRequest(prompt=list(range(9000, 9040)), payload="normal"))
     start_all(scheduler)
     decoding.pending = [5]
@@ -267,6 +267,22 @@ def test_while_others_decode_a_step_carries_a_bounded_prompt_share_shortest_prom
     # With nobody decoding, prompts get the whole step again.
     decoding.pending = []
     assert sum(take for _, take in scheduler.plan()) == 512
+
+
+def test_a_conversations_history_is_no_long_prompt() -> None:
+    """Issue #22: a free-text turn's 650 tokens of history, chunked 16 tokens a step like an
+    abuser's message among 16 streams, had its reader wait 22-42 s for the first words."""
+    scheduler: Scheduler[str] = Scheduler(max_running=4, step_tokens=512, prefill_tokens=256)
+    scheduler.add(request([1], "decoding"))
+    (decoding,) = start_all(scheduler)
+    run_prompts(scheduler)
+    past_first_words(scheduler)
+    scheduler.add(ScheduledRequest(prompt=list(range(3000, 3000 + 2 * 256 + 138)), payload="third turn"))
+    scheduler.add(request([2], "starting"))
+    start_all(scheduler)
+    decoding.pending = [5]
+    takes = {r.payload: take for r, take in scheduler.plan()}
+    assert takes["third turn"] == 256 - takes["starting"]  # the rest of the step's prompt share, not held back
 
 
 def test_a_long_prompt_waits_while_another_request_writes_its_first_words() -> None:

@@ -103,7 +103,8 @@ class LlamaConfig:
     kv_cache_type: str = _default("kv_cache_type")
     flash_attn: str = _default("flash_attn")
     # Requests decoded together, each its own sequence (one more holds the shared prompt).
-    parallel: int = _default("parallel")
+    # Settings' may be "auto": the service's ceiling for it is Settings.max_parallel.
+    parallel: int = Settings.model_construct().max_parallel  # the defaults, never the environment
     # Prompt tokens a step carries while others decode (LEAFRESH_PREFILL_TOKENS).
     prefill_tokens: int = _default("prefill_tokens")
     # Append the tokens of text the grammar forces instead of sampling them one by one.

@@ -76,7 +76,7 @@ def load_engine(settings: Settings, grammars: Mapping[str, str]) -> Engine:
         gpu_layers=choose_gpu_layers(settings, path, gpu_offload_supported()),
         kv_cache_type=settings.kv_cache_type,
         flash_attn=settings.flash_attn,
-        parallel=settings.parallel,
+        parallel=settings.max_parallel,
         prefill_tokens=settings.prefill_tokens,
         jump_forward=settings.jump_forward,
     )

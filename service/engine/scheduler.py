@@ -12,8 +12,8 @@ hands the plan back (``update``); a full cache is ``cache_full``'s (issue #23).
   with it (in a unified KV cache that copy only tags cells).
 - A step takes one token (or a jump-forward run) from every decoding request first, then
   prompt chunks in what is left of the batch, so one cold prompt does not stall the others.
-  While others decode, a prompt longer than the step's prompt share is evaluated in small
-  chunks, and not at all while another request is writing its first words (issue #21).
+  While others decode, a prompt longer than four of the step's prompt shares is evaluated in
+  small chunks, and not at all while another request is writing its first words (issue #21).
 - When the cache is full the kept prompt's own tail goes first (what it did not share with the
   prompt kept before it: a request's facts or an abuser's long message, issue #21), then the
   rest of it, then the youngest request is preempted:
@@ -38,6 +38,11 @@ SHARE_LATER_MARGIN = 64
 FIRST_WORDS_STEPS = 16
 # While others decode, a long prompt advances by this fraction of the step's prompt share.
 LONG_PROMPT_CHUNK_DIVISOR = 16
+# A prompt is long when what it does not share is more than this many steps' prompt shares:
+# an abuser's 2,000-token message (issue #21), not a conversation's history of a few turns
+# (460-650 tokens on the embedded model), whose reader waited 22-42 s for the first words when
+# it was chunked like one among 16 streams (issue #22).
+LONG_PROMPT_SHARES = 4
 
 
 class Phase(StrEnum):
@@ -208,7 +213,7 @@ class Scheduler(Generic[Payload]):
         request.seq_id = self._free_ids.popleft()
         request.cached, request.pending = tokens[:shared], tokens[shared:]
         if not request.prompt_evaluated:
-            request.long_prompt = len(request.pending) > self.prefill_tokens
+            request.long_prompt = len(request.pending) > LONG_PROMPT_SHARES * self.prefill_tokens
         request.phase = Phase.PREFILL
         self.running.append(request)
         return Placement(request, max(shared, 0), first)
@@ -262,8 +267,8 @@ class Scheduler(Generic[Payload]):
 
         Decoding requests first, then prompt chunks within ``step_tokens``, and within
         ``prefill_tokens`` while anyone decodes, the shortest prompt first, so a long one cannot
-        hold up the first word of a short one. While anyone decodes, a long prompt (one that did
-        not fit in ``prefill_tokens``) advances by a sixteenth of it, one long prompt a step, and
+        hold up the first word of a short one. While anyone decodes, a long prompt (more than
+        LONG_PROMPT_SHARES times ``prefill_tokens``) advances by a sixteenth of it, one a step, and
         waits while another request is starting (its short prompt, or its first
         FIRST_WORDS_STEPS steps), for at most that many steps in a row. Issue #21: prompt tokens
         cost about the same per token in any chunk size, but each one in a step delays every

@@ -106,6 +106,17 @@ class Admission:
     def waiting(self) -> int:
         return self._waiting
 
+    @property
+    def slots(self) -> int:
+        return self._free + sum(self._running.values())
+
+    def resize(self, slots: int, client_slots: int) -> None:
+        """Run ``slots`` generations at once from now on (LEAFRESH_PARALLEL=auto settles after
+        the warm-up). Fewer: the running ones finish, and no new one starts until below."""
+        self._free += slots - self.slots
+        self.client_slots = client_slots
+        self._dispatch()
+
     def check(self, client: str) -> None:
         """Raise Overloaded when this client's request could neither start now nor wait: the
         queue is full, or this client already holds its share of it. Called before a response

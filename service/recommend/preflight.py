@@ -17,7 +17,7 @@ from service.recommend import answer
 from service.recommend.catalog import CATEGORIES, LOCATIONS, WORK_TYPES
 from service.recommend.deadline import AUTO_GRACE_UNMEASURED_S, AUTO_MAX_S, plan_deadline
 from service.recommend.prompts import EXAMPLE_ANSWER, base_info_messages, free_text_messages
-from service.settings import Settings
+from service.settings import AUTO_PARALLEL_MIN, STREAM_FLOOR_TOKENS_S, Settings
 from service.startup import StartupError
 
 logger = logging.getLogger(__name__)
@@ -86,11 +86,43 @@ async def warm_up(engine: Engine) -> GenerationStats:
     return generation.stats
 
 
+def initial_parallel(settings: Settings) -> int:
+    """Generations at once until the warm-up has measured this machine (``choose_parallel``)."""
+    if isinstance(settings.parallel, int):
+        return settings.parallel
+    return min(AUTO_PARALLEL_MIN, settings.max_parallel)
+
+
+def choose_parallel(stats: GenerationStats, most: int) -> int:
+    """LEAFRESH_PARALLEL=auto (issue #22): as many generations at once as each still streams
+    STREAM_FLOOR_TOKENS_S at the warm-up's decode speed alone, at least AUTO_PARALLEL_MIN and
+    at most ``most`` (Settings.max_parallel: the context's room). Batching more streams only
+    adds to the aggregate on CPUs and GPUs alike, so each keeps at least its share of one
+    stream's speed; a fast small model starts a whole burst at once, a 7B model on a CPU keeps 4."""
+    # Tokens, forced ones included: a reader sees them all.
+    speed = stats.tokens_per_second
+    chosen = max(min(AUTO_PARALLEL_MIN, most), min(most, int(speed // STREAM_FLOOR_TOKENS_S)))
+    logger.info(
+        "parallel generations: %d (auto: %.1f tokens/s at warm-up ÷ %.0f tokens/s per stream, at least %d, context "
+        "room for %d)",
+        chosen,
+        speed,
+        STREAM_FLOOR_TOKENS_S,
+        AUTO_PARALLEL_MIN,
+        most,
+    )
+    return chosen
+
+
+def _sampled_steps_per_s(stats: GenerationStats) -> float:
+    # Sampled steps, not tokens: the forced ones come in bulk and would flatter the speed.
+    return stats.decode_steps / stats.decode_seconds if stats.decode_seconds > 0 else 0.0
+
+
 def measured_timings(engine: Engine, settings: Settings, stats: GenerationStats, before: Timings) -> Timings:
     """The automatic deadline and shutdown grace from the speed the warm-up showed; a value the
     operator set stays."""
-    # Sampled steps, not tokens: the forced ones come in bulk and would flatter the speed.
-    speed = stats.decode_steps / stats.decode_seconds if stats.decode_seconds > 0 else 0.0
+    speed = _sampled_steps_per_s(stats)
     per_syllable = engine.count_text_tokens(EXAMPLE_ANSWER) / hangul_syllables(EXAMPLE_ANSWER)
     longest = min(answer.max_tokens(), math.ceil(answer.grammar().max_bytes() / 3 * per_syllable))
     plan = plan_deadline(

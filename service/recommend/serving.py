@@ -50,7 +50,14 @@ from service.recommend.contract import (
 )
 from service.recommend.conversation import has_blocked_word
 from service.recommend.jobs import Job, JobBuilder
-from service.recommend.preflight import check_context_fits, initial_timings, measured_timings, warm_up
+from service.recommend.preflight import (
+    check_context_fits,
+    choose_parallel,
+    initial_parallel,
+    initial_timings,
+    measured_timings,
+    warm_up,
+)
 from service.recommend.protocol import BaseInfoRequest, FreeTextRequest
 from service.recommend.rendering import AnswerRenderer
 from service.recommend.sessions import SessionStore
@@ -74,15 +81,18 @@ class RecommendationService:
         self.metrics = metrics or Metrics()
         sessions.on_reset = self.metrics.sessions_reset.inc
         # As many generations at once as the engine batches; the rest wait in the queue.
+        # LEAFRESH_PARALLEL=auto starts with a few and settles after the warm-up.
+        parallel = initial_parallel(settings)
         self.admission = Admission(
-            slots=settings.parallel,
+            slots=parallel,
             max_queue=settings.max_queue,
             queue_timeout_s=settings.queue_timeout_s,
             retry_after_s=settings.retry_after_s,
             metrics=self.metrics,
-            client_slots=settings.client_slots,
+            client_slots=settings.client_slots(parallel),
             client_queue=settings.client_queue_places,
         )
+        self.metrics.parallel.set(parallel)
         self.message_budget = PromptBudget(settings.client_prompt_tokens_per_min)
         self.max_tokens = max_tokens()
         # Generous until the warm-up has measured this machine's speed (service.recommend.preflight).
@@ -109,6 +119,10 @@ class RecommendationService:
     async def warm_up(self) -> None:
         stats = await warm_up(self.engine)
         self.timings = measured_timings(self.engine, self.settings, stats, self.timings)
+        if self.settings.parallel == "auto":
+            parallel = choose_parallel(stats, self.settings.max_parallel)
+            self.admission.resize(parallel, self.settings.client_slots(parallel))
+        self.metrics.parallel.set(self.admission.slots)
 
     # -- base-info ---------------------------------------------------------------------------
 
