@@ -57,8 +57,8 @@ class Settings(BaseSettings):
         default="auto",
         description=(
             "Requests generated together in one batch (continuous batching); more wait in the queue. auto: as many "
-            "as still stream 5 tokens/s each at the warm-up's decode speed (at least 4), within the context's room "
-            "(a request's own 512 tokens each) and at most 32."
+            "as still stream 5 tokens/s each, measured at warm-up (at least 4), within the context's room (a "
+            "request's own 512 tokens each) and at most 32."
         ),
     )
     jump_forward: bool = Field(

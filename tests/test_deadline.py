@@ -70,7 +70,7 @@ def test_auto_parallel_follows_the_warm_up_within_the_context_and_a_number_stays
         fast = service_after_warm_up(settings, step_s=0.001)
     assert fast.admission.slots == settings.max_parallel
     assert "parallel generations: 16" in caplog.text
-    assert service_after_warm_up(settings, step_s=1 / 30).admission.slots == 6  # 30 tokens/s ÷ 5
+    assert "16 at once" in caplog.text  # its aggregate with as many streams as the context holds decided
     assert service_after_warm_up(settings, step_s=0.3).admission.slots == 4  # a 7B model on a CPU
     small_context = Settings(_env_file=None, context_size=2048)
     assert service_after_warm_up(small_context, step_s=0.001).admission.slots == 4

@@ -120,7 +120,7 @@ class RecommendationService:
         stats = await warm_up(self.engine)
         self.timings = measured_timings(self.engine, self.settings, stats, self.timings)
         if self.settings.parallel == "auto":
-            parallel = choose_parallel(stats, self.settings.max_parallel)
+            parallel = await choose_parallel(self.engine, stats, self.settings.max_parallel)
             self.admission.resize(parallel, self.settings.client_slots(parallel))
         self.metrics.parallel.set(self.admission.slots)
 
