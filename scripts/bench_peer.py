@@ -46,6 +46,7 @@ from scripts.bench import GRAMMAR, bench_service, load_engine, resolve_model
 from scripts.streams import PEER_SAMPLING, Wave, ours_wave, peer_wave, with_logged_tokens
 from service.engine.cpu_share import allowed_cores
 from service.engine.llama import LlamaCppEngine
+from service.engine.scheduler import common_prefix
 from service.metrics import Metrics
 from service.recommend import answer
 from service.recommend.answer import Answer
@@ -301,8 +302,8 @@ def prompt_reuse(waves: list[list[Request]], prompts: dict[int, list[int]]) -> d
     for wave in waves[1:]:
         for request in wave:
             prompt = prompts[request.number]
-            beyond_instructions.append(len(prompt) - _common_prefix(prompt, instructions))
-            beyond_best.append(len(prompt) - max(_common_prefix(prompt, other) for other in earlier))
+            beyond_instructions.append(len(prompt) - common_prefix(prompt, instructions))
+            beyond_best.append(len(prompt) - max(common_prefix(prompt, other) for other in earlier))
         earlier += [prompts[r.number] for r in wave]
     return {
         "requests": len(beyond_best),
@@ -310,15 +311,6 @@ def prompt_reuse(waves: list[list[Request]], prompts: dict[int, list[int]]) -> d
         "beyond_instructions_mean": statistics.fmean(beyond_instructions),
         "beyond_any_earlier_prompt_mean": statistics.fmean(beyond_best),
     }
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = 0
-    for x, y in zip(a, b, strict=False):
-        if x != y:
-            break
-        n += 1
-    return n
 
 
 def _progress(name: str, run: int, traffic: str, waves: list[Wave]) -> None:
