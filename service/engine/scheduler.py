@@ -40,7 +40,7 @@ FIRST_WORDS_STEPS = 16
 LONG_PROMPT_CHUNK_DIVISOR = 16
 # A prompt is long when what it does not share is more than this many steps' prompt shares:
 # an abuser's 2,000-token message (issue #21), not a conversation's history of a few turns
-# (460-650 tokens on the embedded model), whose reader waited 22-42 s for the first words when
+# (460-650 tokens on the embedded model), whose reader waited up to 55 s for the first words when
 # it was chunked like one among 16 streams (issue #22).
 LONG_PROMPT_SHARES = 4
 

@@ -106,7 +106,7 @@ async def choose_parallel(engine: Engine, alone: GenerationStats, most: int) -> 
     the context's room). Where one stream alone is too slow for more than the least, that is
     all; otherwise ``most`` warm-up generations run at once, and their aggregate speed, shared
     by the streams, decides. One stream alone says little about many: on 2 cores the embedded
-    model's 16 streams wrote 6 tokens/s each while its first warm-up measured 58 alone."""
+    model's 16 streams wrote 5-7 tokens/s each while its first warm-up measured 58 alone."""
     least = min(AUTO_PARALLEL_MIN, most)
     # Tokens, forced ones included: a reader sees them all.
     speed, streams = alone.tokens_per_second, 1
