@@ -38,7 +38,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -273,7 +273,7 @@ def search_peer(setup: Setup, traffic: str, runs: int, sampling: str, candidates
         found["ours, for reference"] += ours
         prompts = peer_prompts(setup.model, plan, answers)
         for index, (name, options) in enumerate(candidates.items()):
-            trying = Setup(**{**vars(setup), "peer_options": options.split()})
+            trying = replace(setup, peer_options=options.split())
             found[name] += run_peer(trying, traffic, plan, prompts, sampling, slots, f"search-{run}-{index}")
     table = {}
     sys.stdout.write(f"\n{setup.model.name}, {traffic} traffic, {sampling} sampling: llama-server's options\n\n")
