@@ -41,6 +41,17 @@ class Metrics:
         self.preemptions = Counter(
             "leafresh_preemptions", "Generations evicted from a full KV cache and evaluated again", registry=r
         )
+        self.prompt_cache = Counter(
+            "leafresh_prompt_cache_lookups",
+            "Generations whose prompt found cells to restore in host RAM's prompt cache (hit) or none (miss)",
+            ["result"],
+            registry=r,
+        )
+        self.restored_tokens = Counter(
+            "leafresh_prompt_cache_restored_tokens",
+            "Prompt tokens restored from the prompt cache instead of evaluated",
+            registry=r,
+        )
         self.tokens_per_second = Histogram(
             "leafresh_tokens_per_second",
             "Decode speed of each generation",

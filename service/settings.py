@@ -92,6 +92,16 @@ class Settings(BaseSettings):
         description="KV-cache element type; q8_0 halves it, q4_0 quarters it (both need flash attention).",
     )
     flash_attn: Literal["auto", "on", "off"] = Field(default="auto", description="llama.cpp flash attention.")
+    prompt_cache_mib: int = Field(
+        default=1024,
+        ge=0,
+        le=1_048_576,
+        description=(
+            "Host RAM (MiB) for the KV cells of finished requests, restored instead of evaluated again when a "
+            "request repeats their facts or continues their conversation; least recently used go first. Part of "
+            "the memory plan's host memory. 0: off."
+        ),
+    )
     temperature: float = Field(
         default=0.7, ge=0.0, le=2.0, description="Sampling temperature; 0 = always the most likely token."
     )

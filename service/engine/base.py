@@ -58,6 +58,10 @@ class GenerationStats:
     decode_steps: int = 0
     # Times the sequence was evicted from a full KV cache and evaluated again.
     preemptions: int = 0
+    # Whether host RAM's prompt cache had cells for it (None: no prompt cache), and how many of
+    # the cached prompt tokens came from there.
+    prompt_cache_hit: bool | None = None
+    restored_prompt_tokens: int = 0
 
     @property
     def tokens_per_second(self) -> float:

@@ -30,9 +30,10 @@ from service.engine.base import (
     GenerationStats,
 )
 from service.engine.cpu_share import ThreadGovernor
+from service.engine.prompt_cache import PromptCache, Restore
 from service.engine.request_state import END, Emit, LoadedModel, RequestState
 from service.engine.runner import CacheFull, Chunk, ModelRunner
-from service.engine.scheduler import PROMPT_HOLDER, DropHolder, NoRoom, ScheduledRequest, Scheduler
+from service.engine.scheduler import PROMPT_HOLDER, DropHolder, NoRoom, Placement, ScheduledRequest, Scheduler
 
 logger = logging.getLogger(__name__)
 
@@ -55,10 +56,12 @@ class DecodeLoop:
         step_tokens: int,
         governor: ThreadGovernor,
         prefill_tokens: int | None = None,
+        prompt_cache: PromptCache | None = None,
     ) -> None:
         self._model = model
         self._runner = runner
-        self._scheduler: Scheduler[RequestState] = Scheduler(max_sequences, step_tokens, prefill_tokens)
+        self._scheduler: Scheduler[RequestState] = Scheduler(max_sequences, step_tokens, prefill_tokens, prompt_cache)
+        self._prompt_cache = prompt_cache
         self._governor = governor
         self._inbox: deque[Work] = deque()
         self._wake = threading.Condition()
@@ -159,10 +162,7 @@ class DecodeLoop:
         for work, cancelled, seq_id in plan.ended:
             self._finish(work, FinishReason.CANCELLED if cancelled else FinishReason.DEADLINE, seq_id)
         for placement in plan.started:
-            work = placement.request
-            self._runner.copy(PROMPT_HOLDER, work.seq_id, 0, placement.shared)
-            if placement.first:
-                work.payload.stats.cached_prompt_tokens = placement.shared
+            self._start(placement)
         if not plan.chunks:
             return
         chunks = [
@@ -189,6 +189,40 @@ class DecodeLoop:
                 self._advance(work, logits)
             except EngineError as exc:
                 self._fail(work, exc)
+
+    def _start(self, placement: Placement[RequestState]) -> None:
+        """Set up a starting request's cells: a saved copy's restored, then what the holder shares."""
+        work, restore = placement.request, placement.restore
+        restored = restore is not None and self._restore(work.seq_id, restore)
+        if restore is not None and not restored:
+            self._scheduler.restore_failed(placement)
+        self._runner.copy(PROMPT_HOLDER, work.seq_id, 0, placement.shared)
+        if placement.first:
+            stats = work.payload.stats
+            stats.cached_prompt_tokens = len(work.cached)
+            if self._prompt_cache is not None:
+                stats.prompt_cache_hit = restored
+                stats.restored_prompt_tokens = len(work.cached) - placement.shared if restored else 0
+
+    def _restore(self, seq_id: int, restore: Restore) -> bool:
+        """The saved cells for positions [covered, upto) in ``seq_id``; those before ``covered``
+        come from the holder, shared rather than copied."""
+        if not self._runner.restore(seq_id, restore.cells.data):
+            logger.warning("prompt cache: no room in the KV cache to restore %d tokens", restore.upto - restore.covered)
+            return False
+        self._runner.forget(seq_id, restore.upto)
+        self._runner.forget(seq_id, 0, restore.covered)
+        return True
+
+    def _keep_cells(self, work: Work) -> None:
+        """A finished request's prompt cells into the prompt cache, for a repeat of its facts or
+        its conversation's next turn."""
+        span = self._scheduler.cells_worth_keeping(work)
+        if span is None or self._prompt_cache is None:
+            return
+        start, end = span
+        self._runner.forget(work.seq_id, end)
+        self._prompt_cache.put(work.cached[:end], start, self._runner.save(work.seq_id, start))
 
     def _use_threads(self, threads: int) -> None:
         if threads != self._runner.threads:
@@ -243,6 +277,8 @@ class DecodeLoop:
         except GenerationFailed as exc:
             self._fail(work, exc, seq_id)
             return
+        if reason in (FinishReason.STOP, FinishReason.LENGTH):
+            self._keep_cells(work)
         self._release(work, seq_id)
         work.payload.emit(END)
 

@@ -40,8 +40,9 @@ from service.engine.base import (
 from service.engine.cpu_share import ThreadGovernor, allowed_cores, read_cpu_sample
 from service.engine.decode_loop import DecodeLoop, new_work
 from service.engine.grammar_state import CompiledGrammar
-from service.engine.memory_plan import KV_TYPE_GGML
+from service.engine.memory_plan import KV_TYPE_GGML, MIB
 from service.engine.model_files import ModelFileError, check_model_file
+from service.engine.prompt_cache import PromptCache
 from service.engine.request_state import END, LoadedModel
 from service.engine.runner import CPointer, ModelRunner
 from service.engine.tokens import Tokenizer
@@ -109,6 +110,8 @@ class LlamaConfig:
     prefill_tokens: int = _default("prefill_tokens")
     # Append the tokens of text the grammar forces instead of sampling them one by one.
     jump_forward: bool = _default("jump_forward")
+    # Host RAM for finished requests' cells (LEAFRESH_PROMPT_CACHE_MIB; 0: none).
+    prompt_cache_mib: int = _default("prompt_cache_mib")
 
 
 def gpu_offload_supported() -> bool:
@@ -153,6 +156,7 @@ class LlamaCppEngine:
                 self.threads, len(cores), config.thread_policy, read=lambda: read_cpu_sample(cores)
             ),
             prefill_tokens=config.prefill_tokens,
+            prompt_cache=PromptCache(config.prompt_cache_mib * MIB) if config.prompt_cache_mib else None,
         )
         self.info = EngineInfo(
             model_path=str(config.model_path),
@@ -164,6 +168,7 @@ class LlamaCppEngine:
                 "parallel": str(config.parallel),
                 "threads": str(self.threads),
                 "thread_policy": config.thread_policy,
+                "prompt_cache_mib": str(config.prompt_cache_mib),
             },
         )
         logger.info(

@@ -53,7 +53,14 @@ def choose_gpu_layers(settings: Settings, model: Path, offload_supported: bool) 
     if budget is None:
         logger.warning("LEAFRESH_GPU_LAYERS=auto but no GPU memory was found: running on the CPU")
         return 0
-    memory = plan(shape_from_gguf(model), settings.context_size, settings.kv_cache_type, budget, settings.batch_size)
+    memory = plan(
+        shape_from_gguf(model),
+        settings.context_size,
+        settings.kv_cache_type,
+        budget,
+        settings.batch_size,
+        settings.prompt_cache_mib * MIB,
+    )
     logger.info("memory plan: %s", memory.describe())
     for line in levers(memory.shape, settings.context_size, settings.kv_cache_type, settings.batch_size):
         logger.info("memory plan lever: %s", line)
@@ -79,5 +86,6 @@ def load_engine(settings: Settings, grammars: Mapping[str, str]) -> Engine:
         parallel=settings.max_parallel,
         prefill_tokens=settings.prefill_tokens,
         jump_forward=settings.jump_forward,
+        prompt_cache_mib=settings.prompt_cache_mib,
     )
     return LlamaCppEngine(config, dict(grammars))

@@ -59,6 +59,7 @@ class MemoryPlan:
     gpu_layers: int
     gpu_bytes: int
     host_bytes: int
+    prompt_cache_bytes: int = 0  # LEAFRESH_PROMPT_CACHE_MIB, part of host_bytes
 
     @property
     def kv_bytes(self) -> int:
@@ -73,7 +74,8 @@ class MemoryPlan:
             f"{self.gpu_layers}/{shape.n_layer} layers on the GPU ({per_layer / MIB:,.0f} MiB weights + "
             f"{shape.kv_bytes_per_layer(self.context, self.kv_type) / MIB:,.0f} MiB KV each), "
             f"GPU {self.gpu_bytes / MIB:,.0f} MiB, host {self.host_bytes / MIB:,.0f} MiB "
-            f"(weights {shape.weight_bytes / MIB:,.0f} MiB, KV cache {self.kv_bytes / MIB:,.0f} MiB in all)"
+            f"(weights {shape.weight_bytes / MIB:,.0f} MiB, KV cache {self.kv_bytes / MIB:,.0f} MiB in all, "
+            f"prompt cache up to {self.prompt_cache_bytes / MIB:,.0f} MiB)"
         )
 
 
@@ -97,8 +99,16 @@ def compute_margin(shape: ModelShape, batch: int) -> int:
     return COMPUTE_MARGIN_BYTES + shape.n_vocab * batch * 4
 
 
-def plan(shape: ModelShape, context: int, kv_type: str, budget_bytes: int | None, batch: int = 512) -> MemoryPlan:
-    """The most layers that fit ``budget_bytes`` (None: no GPU, everything on the host)."""
+def plan(
+    shape: ModelShape,
+    context: int,
+    kv_type: str,
+    budget_bytes: int | None,
+    batch: int = 512,
+    prompt_cache_bytes: int = 0,
+) -> MemoryPlan:
+    """The most layers that fit ``budget_bytes`` (None: no GPU, everything on the host); the
+    prompt cache (finished prompts' cells, issue #22) is host memory whatever the layers."""
     kv_layer = shape.kv_bytes_per_layer(context, kv_type)
     margin = compute_margin(shape, batch)
 
@@ -121,8 +131,9 @@ def plan(shape: ModelShape, context: int, kv_type: str, budget_bytes: int | None
         + shape.embedding_bytes
         + (shape.output_bytes if layers < shape.n_layer else 0)
         + margin
+        + prompt_cache_bytes
     )
-    return MemoryPlan(shape, context, kv_type, batch, budget_bytes, layers, gpu, host)
+    return MemoryPlan(shape, context, kv_type, batch, budget_bytes, layers, gpu, host, prompt_cache_bytes)
 
 
 def _field(reader: Any, key: str, default: Any = None) -> Any:

@@ -7,6 +7,7 @@ calls llama_decode, and decoding from a second thread halved the speed (issue #6
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass
 from typing import Any
 
@@ -88,9 +89,28 @@ class ModelRunner:
         if end > start:
             llama_cpp.llama_memory_seq_cp(self._memory, source, target, start, end)
 
-    def forget(self, seq_id: int, start: int = 0) -> None:
-        """Drop ``seq_id``'s cells from position ``start`` on."""
-        llama_cpp.llama_memory_seq_rm(self._memory, seq_id, start, -1)
+    def forget(self, seq_id: int, start: int = 0, end: int = -1) -> None:
+        """Drop ``seq_id``'s cells for positions [start, end) (-1: to its end)."""
+        llama_cpp.llama_memory_seq_rm(self._memory, seq_id, start, end)
+
+    def save(self, seq_id: int, start: int) -> bytearray:
+        """``seq_id``'s cells from position ``start`` on, as llama.cpp writes a sequence's
+        state; the cells before ``start`` are dropped (the sequence is ending anyway)."""
+        if start > 0:
+            self.forget(seq_id, 0, start)
+        size = llama_cpp.llama_state_seq_get_size(self._ctx, seq_id)
+        data = bytearray(size)
+        buffer = (ctypes.c_uint8 * size).from_buffer(data)
+        written = llama_cpp.llama_state_seq_get_data(self._ctx, buffer, size, seq_id)
+        del buffer  # a bytearray cannot be resized while a ctypes view is exported
+        del data[written:]
+        return data
+
+    def restore(self, seq_id: int, data: bytearray) -> bool:
+        """Put cells ``save`` wrote into ``seq_id`` (its own cells are dropped first); False when
+        the cache has no room for them."""
+        buffer = (ctypes.c_uint8 * len(data)).from_buffer(data)
+        return bool(llama_cpp.llama_state_seq_set_data(self._ctx, buffer, len(data), seq_id))
 
     def clear(self) -> None:
         llama_cpp.llama_memory_clear(self._memory, True)

@@ -9,7 +9,9 @@ hands the plan back (``update``); a full cache is ``cache_full``'s (issue #23).
   that prompt to finish, then copies it instead of evaluating the same instructions beside it;
   those behind it do not wait with it.
 - Sequence 0 holds the last finished prompt; a joining request copies the prefix it shares
-  with it (in a unified KV cache that copy only tags cells).
+  with it (in a unified KV cache that copy only tags cells). Where a finished sequence kept in
+  host RAM (``prompt_cache``) shares more, its cells beyond that prefix are restored instead of
+  evaluated: a popular request's facts, a conversation up to its last turn (issue #22).
 - A step takes one token (or a jump-forward run) from every decoding request first, then
   prompt chunks in what is left of the batch, so one cold prompt does not stall the others.
   While others decode, a prompt longer than four of the step's prompt shares is evaluated in
@@ -29,6 +31,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Generic, TypeVar
+
+from service.engine.prompt_cache import MIN_RESTORED_TOKENS, PromptCache, Restore
 
 PROMPT_HOLDER = 0  # the sequence id that keeps the last prompt for the next request to share
 # A request waits for a prompt being evaluated when that one shares this many more tokens.
@@ -77,6 +81,7 @@ class ScheduledRequest(Generic[Payload]):
     # Its prompt did not fit in one step's prompt share while others decode (issue #21).
     long_prompt: bool = False
     decode_steps: int = 0  # steps since its prompt was evaluated
+    prompt_cells: int = 0  # cells its prompt (and forced opening) filled, once evaluated
     held_back: int = 0  # steps in a row a long prompt waited for others' first words
 
     @property
@@ -87,12 +92,14 @@ class ScheduledRequest(Generic[Payload]):
 
 @dataclass(frozen=True)
 class Placement(Generic[Payload]):
-    """Start ``request`` in sequence ``request.seq_id``; copy its first ``shared`` tokens from
-    the prompt holder. ``first``: its first start (not a return after a preemption)."""
+    """Start ``request`` in sequence ``request.seq_id``; restore ``restore``'s cells, if any,
+    then copy its first ``shared`` tokens from the prompt holder. ``first``: its first start
+    (not a return after a preemption)."""
 
     request: ScheduledRequest[Payload]
     shared: int
     first: bool = True
+    restore: Restore | None = None
 
 
 @dataclass(frozen=True)
@@ -149,8 +156,15 @@ def common_prefix(a: list[int], b: list[int]) -> int:
 class Scheduler(Generic[Payload]):
     """Single-threaded: the decode loop calls it between steps."""
 
-    def __init__(self, max_running: int, step_tokens: int, prefill_tokens: int | None = None) -> None:
+    def __init__(
+        self,
+        max_running: int,
+        step_tokens: int,
+        prefill_tokens: int | None = None,
+        prompt_cache: PromptCache | None = None,
+    ) -> None:
         self.step_tokens = step_tokens
+        self.prompt_cache = prompt_cache
         # Prompt tokens a step may carry while others decode (issue #21): two 2,000-token prompts
         # filled every step with 512 prompt tokens, and a normal answer's next word waited for them.
         self.prefill_tokens = min(prefill_tokens or step_tokens, step_tokens)
@@ -209,14 +223,36 @@ class Scheduler(Generic[Payload]):
             request.pending = list(request.prompt)
         tokens = request.cached + request.pending
         # The last token is evaluated again even when cached: its logits choose the next one.
-        shared = min(common_prefix(self.holder, tokens), len(tokens) - 1)
+        shared = max(min(common_prefix(self.holder, tokens), len(tokens) - 1), 0)
+        # Only on a first start: a preempted request came back because the cache is full.
+        restore = self.prompt_cache.best(tokens, shared) if first and self.prompt_cache is not None else None
         request.seq_id = self._free_ids.popleft()
-        request.cached, request.pending = tokens[:shared], tokens[shared:]
-        if not request.prompt_evaluated:
-            request.long_prompt = len(request.pending) > LONG_PROMPT_SHARES * self.prefill_tokens
+        self._starts_from(request, tokens, restore.upto if restore else shared)
         request.phase = Phase.PREFILL
         self.running.append(request)
-        return Placement(request, max(shared, 0), first)
+        return Placement(request, shared, first, restore)
+
+    def _starts_from(self, request: ScheduledRequest[Payload], tokens: list[int], cached: int) -> None:
+        request.cached, request.pending = tokens[:cached], tokens[cached:]
+        if not request.prompt_evaluated:
+            request.long_prompt = len(request.pending) > LONG_PROMPT_SHARES * self.prefill_tokens
+
+    def restore_failed(self, placement: Placement[Payload]) -> None:
+        """The cache had no room for ``placement``'s restore: it evaluates what the holder does
+        not share, as without a saved copy."""
+        request = placement.request
+        self._starts_from(request, request.cached + request.pending, placement.shared)
+
+    def cells_worth_keeping(self, request: ScheduledRequest[Payload]) -> tuple[int, int] | None:
+        """The positions [start, end) of ``request``'s prompt cells, finishing with its answer,
+        worth keeping in the prompt cache, or None. From the prefix the kept prompt shared with
+        the one before it (the instructions, which the holder keeps for everyone), so that an
+        entry holds a request's own facts and history, not another copy of them."""
+        if self.prompt_cache is None or not request.prompt_evaluated or request.seq_id < 0:
+            return None
+        end = request.prompt_cells
+        start = min(common_prefix(self.holder, request.cached[:end]), self._holder_shared)
+        return (start, end) if end - start >= MIN_RESTORED_TOKENS else None
 
     # -- leaving -----------------------------------------------------------------------------
 
@@ -323,9 +359,12 @@ class Scheduler(Generic[Payload]):
         if request.prompt_evaluated:
             return None
         request.prompt_evaluated = True
+        request.prompt_cells = len(request.cached)
         common = common_prefix(self.holder, request.prompt)
+        if common < len(request.prompt) or len(self.holder) != len(request.prompt):
+            # The same prompt again shares all of itself: what other prompts share stays.
+            self._holder_shared = common
         self.holder = list(request.prompt)
-        self._holder_shared = common
         return KeepPrompt(request.seq_id, common, request.prompt)
 
     def cache_full(self) -> DropHolder | Preempt[Payload]:

@@ -17,7 +17,7 @@ from service.recommend.answer import Answer
 from service.recommend.catalog import Category
 from service.recommend.contract import PromptTooLong, StoreUnavailable, TurnInProgress
 from service.recommend.conversation import steer
-from service.recommend.prompts import base_info_messages, free_text_messages
+from service.recommend.prompts import base_info_messages, base_info_request, free_text_messages, free_text_request
 from service.recommend.protocol import BaseInfoRequest, FreeTextRequest
 from service.recommend.sessions import Session, SessionBusy, SessionStore, SessionUpdate, Turn, unreadable_fields
 
@@ -45,12 +45,14 @@ class Job:
     prompt_tokens: int = 0
     # Prompt tokens whose KV cache was shared with an earlier prompt instead of evaluated.
     cached_prompt_tokens: int = 0
+    # Of those, restored from host RAM's prompt cache.
+    restored_prompt_tokens: int = 0
 
     def log_answered(self) -> None:
         first = f"{self.first_piece_seconds:.2f}s" if self.first_piece_seconds is not None else "-"
         logger.info(
             "%s answered: category=%s tokens=%d tokens_per_s=%.1f queued=%.2fs first_piece=%s history_turns=%d/%d "
-            "prompt_tokens=%d cached_prompt_tokens=%d",
+            "prompt_tokens=%d cached_prompt_tokens=%d restored_prompt_tokens=%d",
             self.route,
             self.category.code,
             self.generated_tokens,
@@ -61,6 +63,7 @@ class Job:
             self.history_total,
             self.prompt_tokens,
             self.cached_prompt_tokens,
+            self.restored_prompt_tokens,
         )
 
 
@@ -79,6 +82,7 @@ class JobBuilder:
 
     async def base_info(self, request: BaseInfoRequest) -> Job:
         messages = base_info_messages(request.location, request.work_type, request.category)
+        asked = base_info_request(request.location, request.work_type, request.category)
         # Tokenized here, off the event loop: the engine takes token ids.
         prompt = await asyncio.to_thread(self.engine.prompt_tokens, messages)
         on_answer = None
@@ -91,7 +95,7 @@ class JobBuilder:
                 await self._record(
                     session_id,
                     SessionUpdate(
-                        turn=_turn(summary, answer, request.category),
+                        turn=_turn(summary, asked, answer, request.category),
                         category=request.category.code,
                         location=request.location,
                         work_type=request.work_type,
@@ -141,9 +145,8 @@ class JobBuilder:
         steering = steer(request.message, session.category, session.base_category, session.location, session.work_type)
         # Rendering and tokenizing a long conversation takes milliseconds per try: off the
         # event loop, so a burst of them never stalls other streams, pings or /ready.
-        prompt, used = await asyncio.to_thread(
-            self.fit_history, session.turns, steering.location, steering.work_type, steering.category, request.message
-        )
+        asked = free_text_request(steering.location, steering.work_type, steering.category, request.message)
+        prompt, used = await asyncio.to_thread(self.fit_history, session.turns, asked)
         on_answer = None
         if request.session_id is not None:
             session_id = request.session_id
@@ -152,7 +155,7 @@ class JobBuilder:
                 await self._record(
                     session_id,
                     SessionUpdate(
-                        turn=_turn(request.message, answer, steering.category),
+                        turn=_turn(request.message, asked, answer, steering.category),
                         category=steering.category.code,
                         location=steering.location,
                         work_type=steering.work_type,
@@ -161,16 +164,14 @@ class JobBuilder:
 
         return Job(prompt, steering.category, "free-text", request.client, on_answer, used, len(session.turns))
 
-    def fit_history(
-        self, turns: Sequence[Turn], location: str | None, work_type: str | None, category: Category, message: str
-    ) -> tuple[list[int], int]:
+    def fit_history(self, turns: Sequence[Turn], request: str) -> tuple[list[int], int]:
         """The prompt's tokens with as many of the newest turns as fit beside the longest
         answer, and how many. Usually all of them do: one render and one tokenization.
         Otherwise a binary search over how many to keep: at most log2(turns) + 2 of each,
         never one per turn."""
 
         def with_newest(keep: int) -> list[int]:
-            messages = free_text_messages(turns[len(turns) - keep :], location, work_type, category, message)
+            messages = free_text_messages(turns[len(turns) - keep :], request)
             return self.engine.prompt_tokens(messages)
 
         def fits(prompt: list[int]) -> bool:
@@ -200,9 +201,10 @@ class JobBuilder:
             logger.error("session %s not saved: %s: %s", session_id[:8], type(exc).__name__, exc)
 
 
-def _turn(message: str, answer: Answer, category: Category) -> Turn:
+def _turn(message: str, request: str, answer: Answer, category: Category) -> Turn:
     return Turn(
         message=message,
+        request=request,
         recommend=answer.recommend,
         titles=[challenge.title for challenge in answer.challenges],
         category=category.code,

@@ -246,9 +246,13 @@ class RecommendationService:
             job.tokens_per_second = stats.tokens_per_second
             job.prompt_tokens = stats.prompt_tokens
             job.cached_prompt_tokens = stats.cached_prompt_tokens
+            job.restored_prompt_tokens = stats.restored_prompt_tokens
             metrics.tokens.inc(stats.generated_tokens)
             metrics.forced_tokens.inc(stats.forced_tokens)
             metrics.preemptions.inc(stats.preemptions)
+            if stats.prompt_cache_hit is not None:
+                metrics.prompt_cache.labels(result="hit" if stats.prompt_cache_hit else "miss").inc()
+                metrics.restored_tokens.inc(stats.restored_prompt_tokens)
             # The reader's leaving is the real reason: the engine has not noticed it yet, and
             # what it noted so far is a placeholder (issue #21: 38 such were counted as length).
             finish = FinishReason.CANCELLED if reader_left else stats.finish_reason or FinishReason.CANCELLED

@@ -20,6 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from service.engine.memory_plan import MIB, MISTRAL_7B_INSTRUCT_V03_Q4_K_M, ModelShape, levers, plan, shape_from_gguf
+from service.settings import Settings
 from service.tools.modelhub import DEFAULT_MODEL_DIR, FetchError, fetch, load_catalog, resolve_target, sha256_of
 from service.tools.quantize import TARGETS, QuantizeError, quantize
 from service.tools.standin import StandinError, compare, load_standin, make_standin
@@ -155,29 +156,37 @@ type; a compute-buffer margin is added. See service/engine/memory_plan.py.""",
     parser.add_argument("--context", type=int, default=8192)
     parser.add_argument("--kv-type", choices=("f16", "q8_0", "q4_0"), default="f16")
     parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument(
+        "--prompt-cache-mb",
+        type=int,
+        default=Settings.model_fields["prompt_cache_mib"].default,
+        help="host RAM for finished prompts' cells (LEAFRESH_PROMPT_CACHE_MIB)",
+    )
     parser.add_argument("--table", action="store_true", help="a Markdown table for 4/6/8/12 GB and CPU")
     args = parser.parse_args()
     shape = shape_from_gguf(args.model) if args.model else MISTRAL_7B_INSTRUCT_V03_Q4_K_M
     if args.table:
         sys.stdout.write(f"{shape.name}, context {args.context}, weights {shape.weight_bytes / MIB:,.0f} MiB\n\n")
-        sys.stdout.write(memory_table(shape, args.context, args.batch) + "\n")
+        sys.stdout.write(memory_table(shape, args.context, args.batch, args.prompt_cache_mb * MIB) + "\n")
         return 0
     for budget in args.budget_mb or [None]:
-        memory = plan(shape, args.context, args.kv_type, None if budget is None else budget * MIB, args.batch)
+        vram = None if budget is None else budget * MIB
+        memory = plan(shape, args.context, args.kv_type, vram, args.batch, args.prompt_cache_mb * MIB)
         sys.stdout.write(memory.describe() + "\n")
     for line in levers(shape, args.context, args.kv_type, args.batch):
         sys.stdout.write(f"  {line}\n")
     return 0
 
 
-def memory_table(shape: ModelShape, context: int, batch: int) -> str:
+def memory_table(shape: ModelShape, context: int, batch: int, prompt_cache_bytes: int) -> str:
     rows = [
         "| VRAM | KV cache | layers on GPU | GPU memory | host memory (RSS) |",
         "|---|---|---|---|---|",
     ]
     for budget_gb in (4, 6, 8, 12, None):
         for kv_type in ("f16", "q8_0", "q4_0"):
-            memory = plan(shape, context, kv_type, None if budget_gb is None else budget_gb * 1024 * MIB, batch)
+            budget = None if budget_gb is None else budget_gb * 1024 * MIB
+            memory = plan(shape, context, kv_type, budget, batch, prompt_cache_bytes)
             vram = "CPU only" if budget_gb is None else f"{budget_gb} GB"
             rows.append(
                 f"| {vram} | {kv_type} ({memory.kv_bytes / MIB:,.0f} MiB) | {memory.gpu_layers}/{shape.n_layer} "

@@ -1,0 +1,106 @@
+"""Finished sequences' KV cells, kept in host RAM and restored instead of evaluated again
+(issue #22), in the manner of llama-server's ``--cache-ram``.
+
+What comes back is what users repeat: the facts of a popular place, kind of work and category
+after the shared instructions, and a conversation's history up to its last turn (the prompt of
+its last turn, which the next turn's prompt begins with). Restoring a few hundred tokens' cells
+is a copy of some megabytes; evaluating them again is seconds of prompt work on a CPU.
+
+An entry keeps a finished request's prompt cells from ``start`` on: what comes before (the
+instructions, which every prompt shares) is in the prompt holder's cells, shared rather than
+stored once per entry, and is used only while the holder still has those tokens. The answer's
+cells are not kept: a later prompt repeats at most a summary of it, so they would be most of an
+entry's size for a few tokens' use. Decisions only here; the bytes are
+llama.cpp's (``runner``), opaque to this module. Least recently used entries go first when the
+cache would pass its size.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+# A restore must spare at least this many tokens of prompt work to be worth its copy.
+MIN_RESTORED_TOKENS = 32
+
+
+@dataclass(frozen=True, eq=False)
+class SavedCells:
+    """The cells of a finished sequence for positions ``start`` to ``len(tokens)``: ``tokens``
+    are all of its tokens from position 0, ``data`` what llama_state_seq_get_data wrote."""
+
+    tokens: np.ndarray
+    start: int
+    data: bytearray
+
+    @property
+    def size(self) -> int:
+        return len(self.data) + self.tokens.nbytes
+
+
+@dataclass(frozen=True)
+class Restore:
+    """Restore ``cells`` and keep positions ``covered`` to ``upto`` of them (the holder gives
+    those before ``covered``)."""
+
+    cells: SavedCells
+    covered: int
+    upto: int
+
+
+def shared_length(a: np.ndarray, b: np.ndarray) -> int:
+    n = min(len(a), len(b))
+    differ = np.flatnonzero(a[:n] != b[:n])
+    return int(differ[0]) if len(differ) else n
+
+
+class PromptCache:
+    def __init__(self, capacity_bytes: int) -> None:
+        self.capacity_bytes = capacity_bytes
+        self.used_bytes = 0
+        # By start and tokens: the same prompt again (a popular combination) replaces its entry.
+        self._entries: OrderedDict[tuple[int, bytes], SavedCells] = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def best(self, tokens: Sequence[int], covered: int) -> Restore | None:
+        """The entry that spares most of ``tokens`` beyond the ``covered`` first ones (those the
+        holder already shares), if it spares at least MIN_RESTORED_TOKENS. The last token is
+        never restored: its logits choose the next one."""
+        if not self._entries:
+            return None
+        wanted = np.asarray(tokens, dtype=np.int32)
+        limit = len(wanted) - 1
+        best: tuple[tuple[int, bytes], int] | None = None
+        for key, cells in self._entries.items():
+            if cells.start > covered:
+                continue
+            upto = min(shared_length(cells.tokens, wanted), limit)
+            if upto - covered >= MIN_RESTORED_TOKENS and (best is None or upto > best[1]):
+                best = (key, upto)
+        if best is None:
+            return None
+        key, upto = best
+        self._entries.move_to_end(key)
+        return Restore(self._entries[key], covered, upto)
+
+    def put(self, tokens: Sequence[int], start: int, data: bytearray) -> bool:
+        """Keep ``data`` (the cells of ``tokens`` from ``start`` on), evicting the least recently
+        used entries to make room; False when it alone is larger than the cache."""
+        cells = SavedCells(np.asarray(tokens, dtype=np.int32), start, data)
+        if cells.size > self.capacity_bytes:
+            return False
+        key = (start, cells.tokens.tobytes())
+        replaced = self._entries.pop(key, None)
+        if replaced is not None:
+            self.used_bytes -= replaced.size
+        while self._entries and self.used_bytes + cells.size > self.capacity_bytes:
+            _, old = self._entries.popitem(last=False)
+            self.used_bytes -= old.size
+        self._entries[key] = cells
+        self.used_bytes += cells.size
+        return True

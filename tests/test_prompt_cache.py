@@ -1,0 +1,111 @@
+"""Host RAM's prompt cache (issue #22): which saved cells a prompt restores, what the cache
+keeps within its size, and the scheduler's use of it, without a model."""
+
+from __future__ import annotations
+
+from service.engine.prompt_cache import MIN_RESTORED_TOKENS, PromptCache
+from service.engine.scheduler import Phase, ScheduledRequest, Scheduler
+
+INSTRUCTIONS = list(range(100, 300))  # 200 tokens every prompt starts with
+FACTS = list(range(1000, 1060))  # one combination's facts
+ANSWER = list(range(2000, 2100))
+
+
+def saved(cache: PromptCache, tokens: list[int], start: int = len(INSTRUCTIONS), size: int = 1000) -> None:
+    assert cache.put(tokens, start, bytearray(size))
+
+
+def test_a_repeat_restores_the_facts_beyond_what_the_holder_shares() -> None:
+    cache = PromptCache(1 << 20)
+    saved(cache, [*INSTRUCTIONS, *FACTS, *ANSWER])
+    repeat = [*INSTRUCTIONS, *FACTS, 9]
+    found = cache.best(repeat, covered=len(INSTRUCTIONS))
+    assert found is not None
+    assert (found.covered, found.upto) == (len(INSTRUCTIONS), len(INSTRUCTIONS) + len(FACTS))
+
+
+def test_the_last_token_is_never_restored_its_logits_choose_the_next() -> None:
+    cache = PromptCache(1 << 20)
+    prompt = [*INSTRUCTIONS, *FACTS]
+    saved(cache, [*prompt, *ANSWER])
+    found = cache.best(prompt, covered=len(INSTRUCTIONS))
+    assert found is not None and found.upto == len(prompt) - 1
+
+
+def test_nothing_is_restored_that_spares_too_little_or_needs_cells_the_holder_lacks() -> None:
+    cache = PromptCache(1 << 20)
+    short_facts = FACTS[: MIN_RESTORED_TOKENS - 1]
+    saved(cache, [*INSTRUCTIONS, *short_facts, *ANSWER])
+    assert cache.best([*INSTRUCTIONS, *short_facts, 5, 6], covered=len(INSTRUCTIONS)) is None
+    saved(cache, [*INSTRUCTIONS, *FACTS, *ANSWER])
+    # The holder no longer has the instructions the entry leaves to it.
+    assert cache.best([*INSTRUCTIONS, *FACTS, 9], covered=10) is None
+
+
+def test_the_same_prompt_again_replaces_its_entry() -> None:
+    cache = PromptCache(1 << 20)
+    saved(cache, [*INSTRUCTIONS, *FACTS])
+    saved(cache, [*INSTRUCTIONS, *FACTS])
+    assert len(cache) == 1
+
+
+def test_the_longest_shared_entry_wins_and_the_least_recently_used_goes_first() -> None:
+    cache = PromptCache(5000)  # two of these entries fit, not three
+    turn_one = [*INSTRUCTIONS, *FACTS, *ANSWER]
+    saved(cache, turn_one)
+    saved(cache, [*INSTRUCTIONS, *FACTS[:40], 7, 7])
+    turn_two = [*turn_one, 5, 6, 7]
+    found = cache.best(turn_two, covered=len(INSTRUCTIONS))
+    assert found is not None and found.upto == len(turn_one)
+    # turn_one was just used: the other goes when a third does not fit beside both.
+    saved(cache, [*INSTRUCTIONS, *range(5000, 5100)])
+    assert len(cache) == 2 and cache.used_bytes <= 5000
+    assert cache.best(turn_two, covered=len(INSTRUCTIONS)) is not None
+    assert not cache.put([1, 2, 3], 0, bytearray(5000))  # larger than the whole cache
+
+
+def scheduler_with(cache: PromptCache) -> Scheduler[str]:
+    return Scheduler(max_running=4, step_tokens=512, prefill_tokens=256, prompt_cache=cache)
+
+
+def evaluate_prompt(scheduler: Scheduler[str], work: ScheduledRequest[str]) -> None:
+    while work.phase is Phase.PREFILL:
+        for each, take in scheduler.plan():
+            scheduler.evaluated(each, take)
+
+
+def test_a_placed_request_starts_from_the_restored_cells_or_the_holder_when_they_do_not_fit() -> None:
+    cache = PromptCache(1 << 20)
+    scheduler = scheduler_with(cache)
+    first = ScheduledRequest(prompt=[*INSTRUCTIONS, *range(3000, 3050)], payload="other")
+    scheduler.add(first)
+    assert scheduler.next_to_start() is first
+    scheduler.place(first)
+    evaluate_prompt(scheduler, first)
+    saved(cache, [*INSTRUCTIONS, *FACTS, *ANSWER])
+    repeat = ScheduledRequest(prompt=[*INSTRUCTIONS, *FACTS, 9], payload="repeat")
+    scheduler.add(repeat)
+    assert scheduler.next_to_start() is repeat
+    placement = scheduler.place(repeat)
+    assert placement.shared == len(INSTRUCTIONS)
+    assert placement.restore is not None and len(repeat.cached) == len(INSTRUCTIONS) + len(FACTS)
+    assert repeat.pending == [9]
+    scheduler.restore_failed(placement)
+    assert len(repeat.cached) == len(INSTRUCTIONS) and repeat.pending == [*FACTS, 9]
+
+
+def test_a_finished_request_keeps_its_prompt_from_the_instructions_on_not_its_answer() -> None:
+    cache = PromptCache(1 << 20)
+    scheduler = scheduler_with(cache)
+    for tail in (range(3000, 3050), FACTS):
+        work = ScheduledRequest(prompt=[*INSTRUCTIONS, *tail], payload="")
+        scheduler.add(work)
+        assert scheduler.next_to_start() is work
+        scheduler.place(work)
+        evaluate_prompt(scheduler, work)
+    work.pending = list(ANSWER)
+    for each, take in scheduler.plan():
+        scheduler.evaluated(each, take)
+    # The holder keeps this very prompt; the instructions are what the prompts before shared.
+    assert scheduler.cells_worth_keeping(work) == (len(INSTRUCTIONS), len(INSTRUCTIONS) + len(FACTS))
+    assert scheduler_with(PromptCache(0)).cells_worth_keeping(ScheduledRequest(prompt=[], payload="")) is None
