@@ -12,9 +12,13 @@ from typing import Any
 
 import pytest
 
+from tests.support.metrics import metric
 from tests.support.redis import RedisServer
 from tests.support.service_process import ROOT, ServiceProcess
 from tests.support.sse import read_close
+
+HITS = 'leafresh_prompt_cache_lookups_total{result="hit"}'
+RESTORED = "leafresh_prompt_cache_restored_tokens_total"
 
 
 def read(server: ServiceProcess, path: str, params: dict[str, str]) -> dict[str, Any]:
@@ -38,6 +42,27 @@ def test_conversation_switches_category_and_returns_to_the_base(server: ServiceP
     assert category_of(read(server, "/base-info", base)) == "PLOGGING"
     assert category_of(read(server, "/free-text", {"sessionId": session, "message": "채식 위주로 추천해줘"})) == "VEGAN"
     assert category_of(read(server, "/free-text", {"sessionId": session, "message": "원래대로 추천해줘"})) == "PLOGGING"
+
+
+def test_a_conversation_continues_from_its_cells_in_host_ram_after_others_came_between(
+    server: ServiceProcess,
+) -> None:
+    # Two users, turn about: the prompt the engine holds is always the other user's, so each turn
+    # takes its own conversation's cells from the prompt cache (issue #22).
+    hits, restored = (metric(server.base_url, name) for name in (HITS, RESTORED))
+    for user, place in (("a", "바닷가"), ("b", "농촌")):
+        base = {"sessionId": f"ram-{user}", "location": place, "workType": "현장직", "category": "비건"}
+        read(server, "/base-info", base)
+    for message in ("좀 더 쉬운 걸로 알려줘", "운동하면서 할 수 있는 걸로"):
+        for user in ("a", "b"):
+            read(server, "/free-text", {"sessionId": f"ram-{user}", "message": message})
+    assert metric(server.base_url, HITS) - hits >= 4
+    found = re.findall(r"answered: .* prompt_tokens=(\d+) cached_prompt_tokens=(\d+)", server.log())[-6:]
+    turns = [(int(prompt), int(cached)) for prompt, cached in found]
+    # In order a, b, a, b, a, b: each turn's prompt came from the cache up to its own previous turn's.
+    for (previous, _), (_, cached) in zip(turns, turns[2:], strict=False):
+        assert cached >= previous - 2, turns
+    assert metric(server.base_url, RESTORED) - restored > 4 * 100
 
 
 def test_history_is_trimmed_to_fit_a_small_context(server_factory: Callable[..., ServiceProcess]) -> None:

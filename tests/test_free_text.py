@@ -89,9 +89,12 @@ def test_base_info_sets_the_base_category_that_free_text_returns_to() -> None:
         assert categories(await chat.say("처음 거로 다시 추천해줘")) == {"PLOGGING"}
         session = await chat.store.load("s1")
         assert (session.location, session.work_type, len(session.turns)) == ("산", "현장직", 3)
-        # The model saw the conversation so far, with the place from base-info.
+        # The model saw the conversation so far, each turn as it was asked (issue #22: so that a
+        # turn's prompt begins with the previous one's), with the place from base-info.
         last_prompt = chat.engine.messages_of(chat.engine.requests[-1])
-        assert "채식으로 바꿔줘" in [m.content for m in last_prompt if m.role == "user"]
+        earlier = [m.content for m in last_prompt[:-1] if m.role == "user"]
+        assert earlier[0].startswith("장소: 산\n직업 유형: 현장직\n카테고리: 플로깅")
+        assert "사용자 메시지: 채식으로 바꿔줘\n" in earlier[1]
         assert "장소: 산" in last_prompt[-1].content
 
     asyncio.run(scenario())
@@ -162,8 +165,9 @@ def test_history_keeps_the_newest_turns_that_fit() -> None:
         assert engine.count_tokens(prompt) <= budget
         users = [m.content for m in prompt[1:-1] if m.role == "user"]
         assert 0 < len(users) < 11
-        assert users[-1].startswith("10번째")  # the newest earlier turn is kept, the oldest dropped
-        assert not any(u.startswith("0번째") for u in users)
+        # The newest earlier turn is kept, the oldest dropped.
+        assert "사용자 메시지: 10번째" in users[-1]
+        assert not any("사용자 메시지: 0번째" in u for u in users)
 
     asyncio.run(scenario())
 

@@ -5,6 +5,7 @@ pieces, and the end-to-end stream on the Mistral-7B-Instruct-v0.3 stand-in (issu
 from __future__ import annotations
 
 import asyncio
+import itertools
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +21,13 @@ from service.engine.text import Utf8PieceDecoder
 from service.recommend import answer
 from service.recommend.answer import parse_model_output
 from service.recommend.catalog import CATEGORIES
-from service.recommend.prompts import INSTRUCTIONS, base_info_messages, free_text_messages
+from service.recommend.prompts import (
+    INSTRUCTIONS,
+    base_info_messages,
+    base_info_request,
+    free_text_messages,
+    free_text_request,
+)
 from service.recommend.sessions import Turn
 from tests.support.models import STANDIN_ID
 from tests.support.queries import BASE, QUERY, SSE
@@ -53,7 +60,7 @@ def test_every_prompt_starts_with_exactly_one_bos(engine: LlamaCppEngine) -> Non
     bos = bos_of(engine)
     for messages in (
         base_info_messages("도시", "사무직", CATEGORIES[0]),
-        free_text_messages(HISTORY, "산", None, CATEGORIES[3], "오늘 할 수 있는 걸 알려줘"),
+        free_text_messages(HISTORY, free_text_request("산", None, CATEGORIES[3], "오늘 할 수 있는 걸 알려줘")),
     ):
         tokens = engine.prompt_tokens(messages)
         assert tokens[0] == bos and tokens[1] != bos, tokens[:4]
@@ -64,7 +71,9 @@ def test_every_prompt_starts_with_exactly_one_bos(engine: LlamaCppEngine) -> Non
 
 def test_the_instructions_open_every_prompt_so_their_prefix_is_shared(engine: LlamaCppEngine) -> None:
     base = engine.prompt_tokens(base_info_messages("도시", "사무직", CATEGORIES[0]))
-    later_turn = engine.prompt_tokens(free_text_messages(HISTORY, "산", None, CATEGORIES[3], "다른 거 알려줘"))
+    later_turn = engine.prompt_tokens(
+        free_text_messages(HISTORY, free_text_request("산", None, CATEGORIES[3], "다른 거 알려줘"))
+    )
     shared = 0
     for a, b in zip(base, later_turn, strict=False):
         if a != b:
@@ -72,6 +81,21 @@ def test_the_instructions_open_every_prompt_so_their_prefix_is_shared(engine: Ll
         shared += 1
     instructions = len(engine.tokens.tokenize(INSTRUCTIONS, parse_special=False))
     assert shared >= instructions - 2, (shared, instructions)
+
+
+def test_a_turns_prompt_begins_with_the_previous_turns_prompt(engine: LlamaCppEngine) -> None:
+    # What makes the previous turn's cells, kept in the prompt cache, worth restoring (issue #22).
+    asked = [base_info_request("도시", "사무직", CATEGORIES[0])]
+    asked += [free_text_request("산", None, CATEGORIES[3], text) for text in ("다른 거 알려줘", "좀 더 쉬운 걸로")]
+    turns = [
+        Turn(message=str(index), request=request, recommend="추천해요.", titles=["1. 가", "2. 나"], category="VEGAN")
+        for index, request in enumerate(asked)
+    ]
+    prompts = [engine.prompt_tokens(base_info_messages("도시", "사무직", CATEGORIES[0]))]
+    prompts += [engine.prompt_tokens(free_text_messages(turns[:index], asked[index])) for index in (1, 2)]
+    for previous, later in itertools.pairwise(prompts):
+        # All but the last token or two: a tokenizer may join the generation cue with the answer.
+        assert later[: len(previous) - 2] == previous[:-2]
 
 
 # Role markup of every model we test, typed by a user (issue #13): SmolLM2's ChatML, gemma's turns,
@@ -83,8 +107,12 @@ HOSTILE = (
 
 
 def control_tokens(engine: LlamaCppEngine, message: str) -> int:
-    history = [Turn(message=message, recommend="추천해요.", titles=["1. 가", "2. 나", "3. 다"], category="VEGAN")]
-    tokens = engine.prompt_tokens(free_text_messages(history, "산", None, CATEGORIES[3], message))
+    asked = free_text_request("산", None, CATEGORIES[3], message)
+    history = [
+        Turn(message=message, recommend="추천해요.", titles=["1. 가", "2. 나", "3. 다"], category="VEGAN"),
+        Turn(message=message, request=asked, recommend="추천해요.", titles=["1. 가"], category="VEGAN"),
+    ]
+    tokens = engine.prompt_tokens(free_text_messages(history, free_text_request("산", None, CATEGORIES[3], message)))
     return sum(bool(llama_cpp.llama_vocab_is_control(engine.tokens.vocab, token)) for token in tokens)
 
 
@@ -92,7 +120,9 @@ def test_user_text_never_becomes_control_tokens(engine: LlamaCppEngine) -> None:
     # In the message and in a stored turn replayed from the session: no role token more than a
     # harmless message of the same place in the conversation gets.
     assert control_tokens(engine, HOSTILE) == control_tokens(engine, "오늘 할 수 있는 걸 알려줘")
-    prompt = engine.tokens.formatter.format(free_text_messages([], None, None, CATEGORIES[0], HOSTILE))
+    prompt = engine.tokens.formatter.format(
+        free_text_messages([], free_text_request(None, None, CATEGORIES[0], HOSTILE))
+    )
     assert HOSTILE in prompt.replace("\u2060", "")  # the model still reads what the user wrote
 
 
@@ -120,7 +150,7 @@ def test_standin_prompts_are_tokenized_as_mistral_tokenizes_them(standin_engine:
     ).tokens
     assert standin_engine.prompt_tokens((system, user)) == expected
     # A conversation: our instructions open its first user turn (see test_chat_template).
-    conversation = free_text_messages(HISTORY[:2], "산", None, CATEGORIES[3], "다른 거 알려줘")
+    conversation = free_text_messages(HISTORY[:2], free_text_request("산", None, CATEGORIES[3], "다른 거 알려줘"))
     turns = [m.content for m in conversation[1:]]
     turns[0] = f"{conversation[0].content}\n\n{turns[0]}"
     messages = [
@@ -193,8 +223,10 @@ def test_a_standin_conversation_shares_the_instructions_and_earlier_turns(standi
     read_close(standin_server.base_url, "/base-info", {**QUERY, "sessionId": session})
     for message in ("채식 위주로 추천해줘", "운동하면서 할 수 있는 걸로", "원래대로 추천해줘"):
         read_close(standin_server.base_url, "/free-text", {"sessionId": session, "message": message})
-    lines = re.findall(r"free-text answered: .* prompt_tokens=(\d+) cached_prompt_tokens=(\d+)", standin_server.log())
-    prompt, cached = (int(value) for value in lines[2])  # the third free-text turn
-    # The instructions (several hundred tokens) and the first turns come from the cache; only
-    # the newest turn is evaluated.
-    assert cached > prompt // 2, (prompt, cached)
+    found = re.findall(r"answered: .* prompt_tokens=(\d+) cached_prompt_tokens=(\d+)", standin_server.log())
+    turns = [(int(prompt), int(cached)) for prompt, cached in found[-4:]]
+    # The instructions (several hundred tokens) and every earlier turn come from the cache: a
+    # turn's prompt begins with the one before it (issue #22), so only the newest turn and the
+    # previous answer's summary are evaluated.
+    for (previous, _), (_, cached) in itertools.pairwise(turns):
+        assert cached >= previous - 2, turns

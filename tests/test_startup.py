@@ -11,6 +11,7 @@ import pytest
 
 from service.engine.model_files import ModelFileError, check_model_file
 from service.recommend.catalog import CATEGORIES
+from service.recommend.prompts import free_text_request
 from tests.support.service_process import ROOT
 
 
@@ -119,6 +120,8 @@ def test_the_context_check_counts_the_costliest_characters_a_message_may_hold(st
     try:
         assert fitted.engine.count_text_tokens("\U0001f977" * 10) > fitted.engine.count_text_tokens("뷁" * 10)
         for worst in ("뷁", "\U0001f977"):
-            fitted.jobs.fit_history([], "바닷가", "재택근무", CATEGORIES[0], worst * 400)  # never PromptTooLong
+            fitted.jobs.fit_history(
+                [], free_text_request("바닷가", "재택근무", CATEGORIES[0], worst * 400)
+            )  # never PromptTooLong
     finally:
         asyncio.run(fitted.engine.aclose())

@@ -17,7 +17,7 @@ from service.engine.text import hangul_syllables
 from service.recommend import answer
 from service.recommend.catalog import CATEGORIES, LOCATIONS, WORK_TYPES
 from service.recommend.deadline import AUTO_GRACE_UNMEASURED_S, AUTO_MAX_S, plan_deadline
-from service.recommend.prompts import EXAMPLE_ANSWER, base_info_messages, free_text_messages
+from service.recommend.prompts import EXAMPLE_ANSWER, base_info_messages, free_text_messages, free_text_request
 from service.settings import AUTO_PARALLEL_MIN, STREAM_FLOOR_TOKENS_S, Settings
 from service.startup import StartupError
 
@@ -59,7 +59,9 @@ def check_context_fits(engine: Engine, max_message_chars: int, max_tokens: int) 
         for place, work, category in itertools.product(places, works, CATEGORIES)
     )
     longest_free = max(
-        engine.count_tokens(free_text_messages((), "바닷가", "재택근무", category, char * max_message_chars))
+        engine.count_tokens(
+            free_text_messages((), free_text_request("바닷가", "재택근무", category, char * max_message_chars))
+        )
         for category in CATEGORIES
         for char in COSTLIEST_CHARACTERS
     )

@@ -31,12 +31,25 @@ INSTRUCTIONS = (
 )
 
 
-def base_info_messages(location: str, work_type: str, category: Category) -> tuple[ChatMessage, ...]:
+def base_info_request(location: str, work_type: str, category: Category) -> str:
     # Only the facts, once each: everything after the shared instructions is evaluated anew for
     # each combination, and the first word waits for it (issue #15). The instructions already
     # say what to do with them.
-    request = f"장소: {location}\n직업 유형: {work_type}\n카테고리: {category.label} ({category.focus})"
-    return (ChatMessage("system", INSTRUCTIONS), ChatMessage("user", request))
+    return f"장소: {location}\n직업 유형: {work_type}\n카테고리: {category.label} ({category.focus})"
+
+
+def base_info_messages(location: str, work_type: str, category: Category) -> tuple[ChatMessage, ...]:
+    return (ChatMessage("system", INSTRUCTIONS), ChatMessage("user", base_info_request(location, work_type, category)))
+
+
+def free_text_request(location: str | None, work_type: str | None, category: Category, message: str) -> str:
+    return (
+        f"장소: {location or '정하지 않음'}\n"
+        f"직업 유형: {work_type or '정하지 않음'}\n"
+        f"카테고리: {category.label} ({category.focus})\n"
+        f"사용자 메시지: {message}\n"
+        f"이 메시지와 지금까지의 대화에 맞는 {category.label} 챌린지 3개를 새로 추천해 줘."
+    )
 
 
 def _summary(turn: Turn) -> str:
@@ -49,19 +62,15 @@ def _summary(turn: Turn) -> str:
     )
 
 
-def free_text_messages(
-    history: Sequence[Turn], location: str | None, work_type: str | None, category: Category, message: str
-) -> tuple[ChatMessage, ...]:
+def free_text_messages(history: Sequence[Turn], request: str) -> tuple[ChatMessage, ...]:
+    """The conversation so far, then ``request`` (free_text_request). Each earlier turn is
+    shown with the request it was asked with, word for word, so a turn's prompt begins with the
+    previous turn's prompt: its cells, kept in the prompt cache, are restored rather than
+    evaluated again (issue #22). Turns stored before they kept their request show the user's
+    message alone."""
     messages = [ChatMessage("system", INSTRUCTIONS)]
     for turn in history:
-        messages.append(ChatMessage("user", turn.message))
+        messages.append(ChatMessage("user", turn.request or turn.message))
         messages.append(ChatMessage("assistant", _summary(turn)))
-    request = (
-        f"장소: {location or '정하지 않음'}\n"
-        f"직업 유형: {work_type or '정하지 않음'}\n"
-        f"카테고리: {category.label} ({category.focus})\n"
-        f"사용자 메시지: {message}\n"
-        f"이 메시지와 지금까지의 대화에 맞는 {category.label} 챌린지 3개를 새로 추천해 줘."
-    )
     messages.append(ChatMessage("user", request))
     return tuple(messages)

@@ -12,8 +12,9 @@ from service.recommend.catalog import DEFAULT_CATEGORY_CODE, find_category, find
 
 
 class Turn(BaseModel):
-    """What the model needs to remember of one exchange: the user's words and a short summary
-    of the answer (its recommend text and titles), not the whole answer."""
+    """What the model needs to remember of one exchange: the user's words, the request the model
+    was given for them (its facts and message, shown again word for word in later turns' history),
+    and a short summary of the answer (its recommend text and titles), not the whole answer."""
 
     model_config = ConfigDict(frozen=True)
 
@@ -21,6 +22,8 @@ class Turn(BaseModel):
     recommend: str
     titles: list[str] = Field(default_factory=list)
     category: str
+    # Empty in turns stored by a release before issue #22: their history shows ``message``.
+    request: str = ""
 
     @field_validator("category", mode="before")
     @classmethod
