@@ -103,10 +103,16 @@ def test_a_request_that_leaves_the_batch_does_not_disturb_the_others(engine: Lla
     assert staying.stats.finish_reason is FinishReason.STOP
 
 
-def test_a_full_cache_preempts_and_recomputes_without_losing_an_answer(smollm_path: Path) -> None:
-    """A context that holds one request but not four: the youngest are evicted and evaluated
-    again later, and every reader still gets a whole, valid answer."""
-    small = make_engine(smollm_path, parallel=4, context_size=2048)
+@pytest.mark.parametrize(
+    ("prompt_cache_mib", "comes_back"), [(0, "to be evaluated again"), (64, "its cells kept in host RAM")]
+)
+def test_a_full_cache_preempts_without_losing_an_answer(
+    smollm_path: Path, prompt_cache_mib: int, comes_back: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A context that holds one request but not four: the youngest are evicted, their cells kept
+    in host RAM (or, without a prompt cache, evaluated again), and every reader still gets a
+    whole, valid answer."""
+    small = make_engine(smollm_path, parallel=4, context_size=2048, prompt_cache_mib=prompt_cache_mib)
     try:
 
         async def run() -> list[Generation]:
@@ -118,6 +124,7 @@ def test_a_full_cache_preempts_and_recomputes_without_losing_an_answer(smollm_pa
     finally:
         asyncio.run(small.aclose())
     assert sum(g.stats.preemptions for g in generations) >= 1
+    assert f"request preempted, {comes_back}" in caplog.text
 
 
 def test_a_prompt_that_cannot_fit_fails_alone(engine: LlamaCppEngine) -> None:

@@ -4,7 +4,7 @@ keeps within its size, and the scheduler's use of it, without a model."""
 from __future__ import annotations
 
 from service.engine.prompt_cache import MIN_RESTORED_TOKENS, PromptCache
-from service.engine.scheduler import Phase, ScheduledRequest, Scheduler
+from service.engine.scheduler import Phase, Preempt, ScheduledRequest, Scheduler
 
 INSTRUCTIONS = list(range(100, 300))  # 200 tokens every prompt starts with
 FACTS = list(range(1000, 1060))  # one combination's facts
@@ -109,3 +109,29 @@ def test_a_finished_request_keeps_its_prompt_from_the_instructions_on_not_its_an
     # The holder keeps this very prompt; the instructions are what the prompts before shared.
     assert scheduler.cells_worth_keeping(work) == (len(INSTRUCTIONS), len(INSTRUCTIONS) + len(FACTS))
     assert scheduler_with(PromptCache(0)).cells_worth_keeping(ScheduledRequest(prompt=[], payload="")) is None
+
+
+def test_a_preempted_request_keeps_its_cells_and_restores_them_when_it_starts_again() -> None:
+    cache = PromptCache(1 << 20)
+    scheduler = scheduler_with(cache)
+    works = [
+        ScheduledRequest(prompt=[*INSTRUCTIONS, *range(3000 + 100 * i, 3050 + 100 * i)], payload=str(i))
+        for i in range(2)
+    ]
+    for work in works:
+        scheduler.add(work)
+        assert scheduler.next_to_start() is work
+        scheduler.place(work)
+        evaluate_prompt(scheduler, work)
+    youngest = works[-1]
+    youngest.pending = [7]
+    while not isinstance(action := scheduler.cache_full(), Preempt):  # the holder goes first
+        pass
+    assert action.request is youngest and action.keep is not None
+    start, tokens = action.keep
+    assert start == 0 and tokens == youngest.pending[:-1]  # the holder is gone: all of its cells
+    saved(cache, tokens, start)
+    scheduler.release(works[0])  # room again
+    assert scheduler.next_to_start() is youngest
+    placement = scheduler.place(youngest)
+    assert placement.restore is not None and youngest.pending == [7]

@@ -218,11 +218,16 @@ class DecodeLoop:
         """A finished request's prompt cells into the prompt cache, for a repeat of its facts or
         its conversation's next turn."""
         span = self._scheduler.cells_worth_keeping(work)
-        if span is None or self._prompt_cache is None:
-            return
-        start, end = span
-        self._runner.forget(work.seq_id, end)
-        self._prompt_cache.put(work.cached[:end], start, self._runner.save(work.seq_id, start))
+        if span is not None:
+            start, end = span
+            self._runner.forget(work.seq_id, end)
+            self._keep(work.seq_id, start, work.cached[:end])
+
+    def _keep(self, seq_id: int, start: int, tokens: list[int]) -> bool:
+        """``seq_id``'s cells of ``tokens`` from ``start`` on into the prompt cache."""
+        return self._prompt_cache is not None and self._prompt_cache.put(
+            tokens, start, self._runner.save(seq_id, start)
+        )
 
     def _use_threads(self, threads: int) -> None:
         if threads != self._runner.threads:
@@ -253,10 +258,13 @@ class DecodeLoop:
         if isinstance(action, DropHolder):
             self._runner.forget(PROMPT_HOLDER, action.keep)
             return
+        kept = action.keep is not None and self._keep(action.seq_id, *action.keep)
         self._runner.forget(action.seq_id)
         action.request.payload.stats.preemptions += 1
         logger.warning(
-            "KV cache full: request preempted, to be evaluated again (%d tokens)", len(action.request.pending)
+            "KV cache full: request preempted, %s (%d tokens)",
+            "its cells kept in host RAM" if kept else "to be evaluated again",
+            len(action.request.pending),
         )
 
     # -- endings -----------------------------------------------------------------------------

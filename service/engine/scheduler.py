@@ -18,8 +18,10 @@ hands the plan back (``update``); a full cache is ``cache_full``'s (issue #23).
   small chunks, and not at all while another request is writing its first words (issue #21).
 - When the cache is full the kept prompt's own tail goes first (what it did not share with the
   prompt kept before it: a request's facts or an abuser's long message, issue #21), then the
-  rest of it, then the youngest request is preempted:
-  it keeps its tokens and waits at the head of the queue to be evaluated again (recompute).
+  rest of it, then the youngest request is preempted: it keeps its tokens and waits at the head
+  of the queue; its cells go to the prompt cache and are restored when it starts again (swap,
+  issue #22: recomputing 1,577 tokens six times over cost one 16-stream wave a third of its
+  speed), or, where the cache has let them go, it is evaluated again (recompute).
   Nobody joins until a request finishes, so joining and preempting never take turns.
 """
 
@@ -121,10 +123,13 @@ class DropHolder:
 
 @dataclass(frozen=True)
 class Preempt(Generic[Payload]):
-    """Free ``seq_id``'s cells; ``request`` waits to be evaluated again."""
+    """Free ``seq_id``'s cells; ``request`` waits to start again. Where ``keep`` is (start, its
+    tokens), its cells from position start on go to the prompt cache first, to be restored when
+    it starts again rather than evaluated again."""
 
     request: ScheduledRequest[Payload]
     seq_id: int
+    keep: tuple[int, list[int]] | None = None
 
 
 @dataclass(frozen=True)
@@ -224,8 +229,8 @@ class Scheduler(Generic[Payload]):
         tokens = request.cached + request.pending
         # The last token is evaluated again even when cached: its logits choose the next one.
         shared = max(min(common_prefix(self.holder, tokens), len(tokens) - 1), 0)
-        # Only on a first start: a preempted request came back because the cache is full.
-        restore = self.prompt_cache.best(tokens, shared) if first and self.prompt_cache is not None else None
+        # A preempted request finds the cells it had, if the prompt cache still keeps them.
+        restore = self.prompt_cache.best(tokens, shared) if self.prompt_cache is not None else None
         request.seq_id = self._free_ids.popleft()
         self._starts_from(request, tokens, restore.upto if restore else shared)
         request.phase = Phase.PREFILL
@@ -248,11 +253,18 @@ class Scheduler(Generic[Payload]):
         worth keeping in the prompt cache, or None. From the prefix the kept prompt shared with
         the one before it (the instructions, which the holder keeps for everyone), so that an
         entry holds a request's own facts and history, not another copy of them."""
-        if self.prompt_cache is None or not request.prompt_evaluated or request.seq_id < 0:
+        if not request.prompt_evaluated or request.seq_id < 0:
             return None
         end = request.prompt_cells
-        start = min(common_prefix(self.holder, request.cached[:end]), self._holder_shared)
-        return (start, end) if end - start >= MIN_RESTORED_TOKENS else None
+        start = self._keep_from(request.cached[:end])
+        return None if start is None else (start, end)
+
+    def _keep_from(self, tokens: list[int]) -> int | None:
+        """Where cells of ``tokens`` are worth keeping in the prompt cache from, or None."""
+        if self.prompt_cache is None:
+            return None
+        start = min(common_prefix(self.holder, tokens), self._holder_shared)
+        return start if len(tokens) - start >= MIN_RESTORED_TOKENS else None
 
     # -- leaving -----------------------------------------------------------------------------
 
@@ -384,12 +396,14 @@ class Scheduler(Generic[Payload]):
         victim = self.running.pop()
         seq_id, victim.seq_id = victim.seq_id, -1
         self._free_ids.append(seq_id)
+        start = self._keep_from(victim.cached)
+        keep = None if start is None else (start, victim.cached)
         victim.pending = victim.cached + victim.pending
         victim.cached = []
         victim.phase = Phase.PREEMPTED
         self._room_wanted = True
         self.waiting.appendleft(victim)
-        return Preempt(victim, seq_id)
+        return Preempt(victim, seq_id, keep)
 
     def reset(self) -> None:
         """After a failed step the cache is cleared: nothing is kept."""
