@@ -135,3 +135,30 @@ def test_a_preempted_request_keeps_its_cells_and_restores_them_when_it_starts_ag
     assert scheduler.next_to_start() is youngest
     placement = scheduler.place(youngest)
     assert placement.restore is not None and youngest.pending == [7]
+
+
+def test_a_preempted_request_whose_cells_find_no_room_waits_for_more_rather_than_evaluating_again() -> None:
+    cache = PromptCache(1 << 20)
+    scheduler = scheduler_with(cache)
+    works = [
+        ScheduledRequest(prompt=[*INSTRUCTIONS, *range(3000 + 100 * i, 3050 + 100 * i)], payload=str(i))
+        for i in range(3)
+    ]
+    for work in works:
+        scheduler.add(work)
+        assert scheduler.next_to_start() is work
+        scheduler.place(work)
+        evaluate_prompt(scheduler, work)
+    while not isinstance(action := scheduler.cache_full(), Preempt):
+        pass
+    assert action.keep is not None
+    saved(cache, action.keep[1], action.keep[0])
+    scheduler.release(works[0])
+    placement = scheduler.place(scheduler.next_to_start() or works[2])
+    assert placement.restore is not None
+    assert scheduler.restore_failed(placement)  # works[1] still runs: wait for it
+    assert works[2].phase is Phase.PREEMPTED and works[2].seq_id == -1 and scheduler.next_to_start() is None
+    scheduler.release(works[1])
+    placement = scheduler.place(scheduler.next_to_start() or works[2])
+    assert not scheduler.restore_failed(placement)  # alone: evaluated again
+    assert len(works[2].cached) == placement.shared and works[2].phase is Phase.PREFILL

@@ -14,6 +14,7 @@ plan, has the runner carry it out, and hands each request its logits.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 from collections import deque
@@ -161,8 +162,9 @@ class DecodeLoop:
         plan = self._scheduler.schedule(perf_counter())
         for work, cancelled, seq_id in plan.ended:
             self._finish(work, FinishReason.CANCELLED if cancelled else FinishReason.DEADLINE, seq_id)
-        for placement in plan.started:
-            self._start(placement)
+        if not all([self._start(placement) for placement in plan.started]):
+            # A preempted request waits again: what the plan had for it is not done.
+            plan = dataclasses.replace(plan, chunks=[(w, take) for w, take in plan.chunks if w.seq_id >= 0])
         if not plan.chunks:
             return
         chunks = [
@@ -190,12 +192,13 @@ class DecodeLoop:
             except EngineError as exc:
                 self._fail(work, exc)
 
-    def _start(self, placement: Placement[RequestState]) -> None:
-        """Set up a starting request's cells: a saved copy's restored, then what the holder shares."""
+    def _start(self, placement: Placement[RequestState]) -> bool:
+        """Set up a starting request's cells: a saved copy's restored, then what the holder
+        shares. False: it waits again (its restore found no room)."""
         work, restore = placement.request, placement.restore
         restored = restore is not None and self._restore(work.seq_id, restore)
-        if restore is not None and not restored:
-            self._scheduler.restore_failed(placement)
+        if restore is not None and not restored and self._scheduler.restore_failed(placement):
+            return False
         self._runner.copy(PROMPT_HOLDER, work.seq_id, 0, placement.shared)
         if placement.first:
             stats = work.payload.stats
@@ -203,6 +206,7 @@ class DecodeLoop:
             if self._prompt_cache is not None:
                 stats.prompt_cache_hit = restored
                 stats.restored_prompt_tokens = len(work.cached) - placement.shared if restored else 0
+        return True
 
     def _restore(self, seq_id: int, restore: Restore) -> bool:
         """The saved cells for positions [covered, upto) in ``seq_id``; those before ``covered``

@@ -242,11 +242,24 @@ class Scheduler(Generic[Payload]):
         if not request.prompt_evaluated:
             request.long_prompt = len(request.pending) > LONG_PROMPT_SHARES * self.prefill_tokens
 
-    def restore_failed(self, placement: Placement[Payload]) -> None:
-        """The cache had no room for ``placement``'s restore: it evaluates what the holder does
-        not share, as without a saved copy."""
+    def restore_failed(self, placement: Placement[Payload]) -> bool:
+        """The cache had no room for ``placement``'s restore. A preempted request waits again at
+        the head of the queue while others run (True): evaluated again now, it filled the cache
+        and was preempted once more, over and over. Otherwise it evaluates what the holder does
+        not share, as without a saved copy (False)."""
         request = placement.request
-        self._starts_from(request, request.cached + request.pending, placement.shared)
+        tokens = request.cached + request.pending
+        if placement.first or len(self.running) < 2:
+            self._starts_from(request, tokens, placement.shared)
+            return False
+        self.running.remove(request)
+        self._free_ids.append(request.seq_id)
+        request.seq_id = -1
+        request.cached, request.pending = [], tokens
+        request.phase = Phase.PREEMPTED
+        self._room_wanted = True
+        self.waiting.appendleft(request)
+        return True
 
     def cells_worth_keeping(self, request: ScheduledRequest[Payload]) -> tuple[int, int] | None:
         """The positions [start, end) of ``request``'s prompt cells, finishing with its answer,
