@@ -111,18 +111,24 @@ def test_a_finished_request_keeps_its_prompt_from_the_instructions_on_not_its_an
     assert scheduler_with(PromptCache(0)).cells_worth_keeping(ScheduledRequest(prompt=[], payload="")) is None
 
 
-def test_a_preempted_request_keeps_its_cells_and_restores_them_when_it_starts_again() -> None:
-    cache = PromptCache(1 << 20)
-    scheduler = scheduler_with(cache)
+def start_evaluated(scheduler: Scheduler[str], count: int) -> list[ScheduledRequest[str]]:
+    """``count`` requests, each with its own facts, started and their prompts evaluated."""
     works = [
         ScheduledRequest(prompt=[*INSTRUCTIONS, *range(3000 + 100 * i, 3050 + 100 * i)], payload=str(i))
-        for i in range(2)
+        for i in range(count)
     ]
     for work in works:
         scheduler.add(work)
         assert scheduler.next_to_start() is work
         scheduler.place(work)
         evaluate_prompt(scheduler, work)
+    return works
+
+
+def test_a_preempted_request_keeps_its_cells_and_restores_them_when_it_starts_again() -> None:
+    cache = PromptCache(1 << 20)
+    scheduler = scheduler_with(cache)
+    works = start_evaluated(scheduler, 2)
     youngest = works[-1]
     youngest.pending = [7]
     while not isinstance(action := scheduler.cache_full(), Preempt):  # the holder goes first
@@ -140,15 +146,7 @@ def test_a_preempted_request_keeps_its_cells_and_restores_them_when_it_starts_ag
 def test_a_preempted_request_whose_cells_find_no_room_waits_for_more_rather_than_evaluating_again() -> None:
     cache = PromptCache(1 << 20)
     scheduler = scheduler_with(cache)
-    works = [
-        ScheduledRequest(prompt=[*INSTRUCTIONS, *range(3000 + 100 * i, 3050 + 100 * i)], payload=str(i))
-        for i in range(3)
-    ]
-    for work in works:
-        scheduler.add(work)
-        assert scheduler.next_to_start() is work
-        scheduler.place(work)
-        evaluate_prompt(scheduler, work)
+    works = start_evaluated(scheduler, 3)
     while not isinstance(action := scheduler.cache_full(), Preempt):
         pass
     assert action.keep is not None
