@@ -10,8 +10,9 @@ An entry keeps a finished request's prompt cells from ``start`` on: what comes b
 instructions, which every prompt shares) is in the prompt holder's cells, shared rather than
 stored once per entry, and is used only while the holder still has those tokens. The answer's
 cells are not kept: a later prompt repeats at most a summary of it, so they would be most of an
-entry's size for a few tokens' use. Decisions only here; the bytes are
-llama.cpp's (``runner``), opaque to this module. Least recently used entries go first when the
+entry's size for a few tokens' use. A request preempted from a full KV cache keeps all its
+cells here until it starts again (swap rather than recompute). Decisions only here; the bytes
+are llama.cpp's (``runner``), opaque to this module. Least recently used entries go first when the
 cache would pass its size.
 """
 
