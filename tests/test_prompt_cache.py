@@ -159,4 +159,4 @@ def test_a_preempted_request_whose_cells_find_no_room_waits_for_more_rather_than
     scheduler.release(works[1])
     placement = scheduler.place(scheduler.next_to_start() or works[2])
     assert not scheduler.restore_failed(placement)  # alone: evaluated again
-    assert len(works[2].cached) == placement.shared and works[2].phase is Phase.PREFILL
+    assert len(placement.request.cached) == placement.shared and placement.request.phase is Phase.PREFILL
