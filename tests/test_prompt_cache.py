@@ -3,8 +3,8 @@ keeps within its size, and the scheduler's use of it, without a model."""
 
 from __future__ import annotations
 
-from service.engine.prompt_cache import MIN_RESTORED_TOKENS, PromptCache
-from service.engine.scheduler import Phase, Preempt, ScheduledRequest, Scheduler
+from service.engine.prompt_cache import MIN_RESTORED_TOKENS, PromptCache, packed, shared_length
+from service.engine.scheduler import Phase, Preempt, ScheduledRequest, Scheduler, common_prefix
 
 INSTRUCTIONS = list(range(100, 300))  # 200 tokens every prompt starts with
 FACTS = list(range(1000, 1060))  # one combination's facts
@@ -160,3 +160,10 @@ def test_a_preempted_request_whose_cells_find_no_room_waits_for_more_rather_than
     placement = scheduler.place(scheduler.next_to_start() or works[2])
     assert not scheduler.restore_failed(placement)  # alone: evaluated again
     assert len(placement.request.cached) == placement.shared and placement.request.phase is Phase.PREFILL
+
+
+def test_packed_token_lists_share_what_the_schedulers_common_prefix_counts() -> None:
+    lists = [[], [1], [1, 2, 3], [1, 2, 4], [1, 2, 3, 4, 5], [9, 2, 3], list(range(1000)), [*range(999), 7]]
+    for a in lists:
+        for b in lists:
+            assert shared_length(packed(a), packed(b)) == common_prefix(a, b), (a[:5], b[:5])

@@ -18,11 +18,10 @@ cache would pass its size.
 
 from __future__ import annotations
 
+from array import array
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import numpy as np
 
 # A restore must spare at least this many tokens of prompt work to be worth its copy.
 MIN_RESTORED_TOKENS = 32
@@ -30,16 +29,16 @@ MIN_RESTORED_TOKENS = 32
 
 @dataclass(frozen=True, eq=False)
 class SavedCells:
-    """The cells of a finished sequence for positions ``start`` to ``len(tokens)``: ``tokens``
-    are all of its tokens from position 0, ``data`` what llama_state_seq_get_data wrote."""
+    """The cells of a finished sequence for positions ``start`` on: ``tokens`` are all of its
+    token ids from position 0 (``packed``), ``data`` what llama_state_seq_get_data wrote."""
 
-    tokens: np.ndarray
+    tokens: bytes
     start: int
     data: bytearray
 
     @property
     def size(self) -> int:
-        return len(self.data) + self.tokens.nbytes
+        return len(self.data) + len(self.tokens)
 
 
 @dataclass(frozen=True)
@@ -52,10 +51,26 @@ class Restore:
     upto: int
 
 
-def shared_length(a: np.ndarray, b: np.ndarray) -> int:
-    n = min(len(a), len(b))
-    differ = np.flatnonzero(a[:n] != b[:n])
-    return int(differ[0]) if len(differ) else n
+def packed(tokens: Sequence[int]) -> bytes:
+    return array("i", tokens).tobytes()
+
+
+_TOKEN_BYTES = array("i").itemsize
+
+
+def shared_length(a: bytes, b: bytes) -> int:
+    """How many leading tokens two packed token lists share: a binary search of slice
+    comparisons (memcmp), some microseconds for thousands of tokens, and no numpy, so the
+    scheduler that asks stays free of it."""
+    low, high = 0, min(len(a), len(b)) // _TOKEN_BYTES
+    while low < high:
+        middle = (low + high + 1) // 2
+        end = middle * _TOKEN_BYTES
+        if a[:end] == b[:end]:
+            low = middle
+        else:
+            high = middle - 1
+    return low
 
 
 class PromptCache:
@@ -74,8 +89,8 @@ class PromptCache:
         never restored: its logits choose the next one."""
         if not self._entries:
             return None
-        wanted = np.asarray(tokens, dtype=np.int32)
-        limit = len(wanted) - 1
+        wanted = packed(tokens)
+        limit = len(tokens) - 1
         best: tuple[tuple[int, bytes], int] | None = None
         for key, cells in self._entries.items():
             if cells.start > covered:
@@ -92,10 +107,10 @@ class PromptCache:
     def put(self, tokens: Sequence[int], start: int, data: bytearray) -> bool:
         """Keep ``data`` (the cells of ``tokens`` from ``start`` on), evicting the least recently
         used entries to make room; False when it alone is larger than the cache."""
-        cells = SavedCells(np.asarray(tokens, dtype=np.int32), start, data)
+        cells = SavedCells(packed(tokens), start, data)
         if cells.size > self.capacity_bytes:
             return False
-        key = (start, cells.tokens.tobytes())
+        key = (start, cells.tokens)
         replaced = self._entries.pop(key, None)
         if replaced is not None:
             self.used_bytes -= replaced.size
