@@ -62,7 +62,6 @@ class DecodeLoop:
         self._model = model
         self._runner = runner
         self._scheduler: Scheduler[RequestState] = Scheduler(max_sequences, step_tokens, prefill_tokens, prompt_cache)
-        self._prompt_cache = prompt_cache
         self._governor = governor
         self._inbox: deque[Work] = deque()
         self._wake = threading.Condition()
@@ -203,7 +202,7 @@ class DecodeLoop:
         if placement.first:
             stats = work.payload.stats
             stats.cached_prompt_tokens = len(work.cached)
-            if self._prompt_cache is not None:
+            if self._scheduler.prompt_cache is not None:
                 stats.prompt_cache_hit = restored
                 stats.restored_prompt_tokens = len(work.cached) - placement.shared if restored else 0
         return True
@@ -229,9 +228,8 @@ class DecodeLoop:
 
     def _keep(self, seq_id: int, start: int, tokens: list[int]) -> bool:
         """``seq_id``'s cells of ``tokens`` from ``start`` on into the prompt cache."""
-        return self._prompt_cache is not None and self._prompt_cache.put(
-            tokens, start, self._runner.save(seq_id, start)
-        )
+        cache = self._scheduler.prompt_cache
+        return cache is not None and cache.put(tokens, start, self._runner.save(seq_id, start))
 
     def _use_threads(self, threads: int) -> None:
         if threads != self._runner.threads:
