@@ -127,6 +127,30 @@ def test_a_full_cache_preempts_without_losing_an_answer(
     assert f"request preempted, {comes_back}" in caplog.text
 
 
+def test_a_repeat_restores_the_first_requests_cells_and_answers_as_the_repeat_after_it(smollm_path: Path) -> None:
+    """The first request's cells are kept with the instructions (nothing shared them yet); once
+    the holder shares them, a repeat restores only what lies beyond, and a later repeat (after
+    another request took the holder) restores the same cells: with the same seed, the same
+    answer."""
+    fresh = make_engine(smollm_path, parallel=4)
+    try:
+
+        async def run() -> list[tuple[Generation, str]]:
+            done: list[tuple[Generation, str]] = []
+            for index in (60, 61, 60, 61, 60):
+                generation = fresh.submit(request(fresh, index))
+                done.append((generation, await read(generation, index)))
+            return done
+
+        first, _, repeat, _, again = asyncio.run(run())
+    finally:
+        asyncio.run(fresh.aclose())
+    assert first[0].stats.prompt_cache_hit is False
+    assert repeat[0].stats.prompt_cache_hit and again[0].stats.prompt_cache_hit
+    assert repeat[0].stats.restored_prompt_tokens == again[0].stats.restored_prompt_tokens > 0
+    assert repeat[1] == again[1]
+
+
 def test_a_prompt_that_cannot_fit_fails_alone(engine: LlamaCppEngine) -> None:
     async def run() -> None:
         async for _ in engine.submit(request(engine, 40, max_tokens=engine.n_ctx)):

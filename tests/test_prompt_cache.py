@@ -49,6 +49,28 @@ def test_the_same_prompt_again_replaces_its_entry() -> None:
     assert len(cache) == 1
 
 
+def test_an_entry_kept_with_the_instructions_is_narrowed_to_what_the_holder_leaves_to_it() -> None:
+    # The first request's entry holds the instructions too: no holder shared them yet.
+    cache = PromptCache(1 << 20)
+    prompt = [*INSTRUCTIONS, *FACTS, *ANSWER]
+    saved(cache, prompt, start=0, size=3000)
+    found = cache.best([*prompt, 9], covered=len(INSTRUCTIONS))
+    assert found is not None and found.cells.start == 0
+    cache.narrow(found.cells, found.covered, bytearray(1000))
+    again = cache.best([*prompt, 9], covered=len(INSTRUCTIONS))
+    assert again is not None and again.cells.start == len(INSTRUCTIONS) and again.upto == found.upto
+    assert len(cache) == 1 and cache.used_bytes == again.cells.size
+
+
+def test_of_entries_that_spare_as_much_the_one_with_fewer_cells_is_restored() -> None:
+    cache = PromptCache(1 << 20)
+    prompt = [*INSTRUCTIONS, *FACTS]
+    saved(cache, prompt, start=0)
+    saved(cache, prompt)
+    found = cache.best([*prompt, 9], covered=len(INSTRUCTIONS))
+    assert found is not None and found.cells.start == len(INSTRUCTIONS)
+
+
 def test_the_longest_shared_entry_wins_and_the_least_recently_used_goes_first() -> None:
     cache = PromptCache(5000)  # two of these entries fit, not three
     turn_one = [*INSTRUCTIONS, *FACTS, *ANSWER]

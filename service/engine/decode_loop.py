@@ -213,8 +213,19 @@ class DecodeLoop:
         if not self._runner.restore(seq_id, restore.cells.data):
             logger.warning("prompt cache: no room in the KV cache to restore %d tokens", restore.upto - restore.covered)
             return False
-        self._runner.forget(seq_id, restore.upto)
         self._runner.forget(seq_id, 0, restore.covered)
+        cache = self._scheduler.prompt_cache
+        if cache is not None and restore.cells.start < restore.covered:
+            # Kept with cells the holder now shares: those are dropped from the entry, and the
+            # rest restored again into the lowest free cells (a restore leaves llama.cpp's search
+            # head where it was), not left past the freed ones, which would make every later
+            # step attend across them: measured on SmolLM2 alone, 62 rather than 80 tokens/s.
+            narrow = self._runner.save(seq_id, restore.covered)
+            cache.narrow(restore.cells, restore.covered, narrow)
+            self._runner.forget(seq_id)
+            if not self._runner.restore(seq_id, narrow):
+                return False
+        self._runner.forget(seq_id, restore.upto)
         return True
 
     def _keep_cells(self, work: Work) -> None:

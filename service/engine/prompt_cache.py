@@ -91,26 +91,38 @@ class PromptCache:
             return None
         wanted = packed(tokens)
         limit = len(tokens) - 1
-        best: tuple[tuple[int, bytes], int] | None = None
+        best: tuple[int, int, tuple[int, bytes]] | None = None
         for key, cells in self._entries.items():
             if cells.start > covered:
                 continue
             upto = min(shared_length(cells.tokens, wanted), limit)
-            if upto - covered >= MIN_RESTORED_TOKENS and (best is None or upto > best[1]):
-                best = (key, upto)
+            # Of entries that spare as much, the one from furthest on: fewer cells to restore.
+            if upto - covered >= MIN_RESTORED_TOKENS and (best is None or (upto, cells.start) > best[:2]):
+                best = (upto, cells.start, key)
         if best is None:
             return None
-        key, upto = best
+        upto, _, key = best
         self._entries.move_to_end(key)
         return Restore(self._entries[key], covered, upto)
 
     def put(self, tokens: Sequence[int], start: int, data: bytearray) -> bool:
         """Keep ``data`` (the cells of ``tokens`` from ``start`` on), evicting the least recently
         used entries to make room; False when it alone is larger than the cache."""
-        cells = SavedCells(packed(tokens), start, data)
+        return self._put(SavedCells(packed(tokens), start, data))
+
+    def narrow(self, wide: SavedCells, start: int, data: bytearray) -> None:
+        """Replace ``wide`` with ``data``, its cells from ``start`` on. An entry kept before the
+        holder shared the instructions (the first request's, or one preempted while the holder
+        was dropped) holds them too: every restore of it needs room for them all at once, and
+        its cells land past the holder's, which widens every later step's attention window."""
+        if self._entries.pop((wide.start, wide.tokens), None) is not None:
+            self.used_bytes -= wide.size
+        self._put(SavedCells(wide.tokens, start, data))
+
+    def _put(self, cells: SavedCells) -> bool:
         if cells.size > self.capacity_bytes:
             return False
-        key = (start, cells.tokens)
+        key = (cells.start, cells.tokens)
         replaced = self._entries.pop(key, None)
         if replaced is not None:
             self.used_bytes -= replaced.size
