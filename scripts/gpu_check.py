@@ -75,7 +75,9 @@ def batched_bench(binary: Path | None, model: Path, gpu_layers: int, sizes: list
     command = [
         str(binary),
         *("-m", str(model), "-ngl", str(gpu_layers), "-c", str(PROMPT_TOKENS + ANSWER_TOKENS * max(sizes) + 1024)),
-        *("-b", "2048", "-ub", "512", "-pps", "-npp", str(PROMPT_TOKENS), "-ntg", str(ANSWER_TOKENS)),
+        # One unified pool, as our engine keeps: without it this llama.cpp splits the context into
+        # one stream per sequence, each too small for the prompt at 8 (the rehearsal failed so).
+        *("-kvu", "-b", "2048", "-ub", "512", "-pps", "-npp", str(PROMPT_TOKENS), "-ntg", str(ANSWER_TOKENS)),
         *("-npl", ",".join(map(str, sizes)), "--output-format", "jsonl"),
     ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, check=True)
