@@ -215,7 +215,7 @@ class DecodeLoop:
             return False
         self._runner.forget(seq_id, 0, restore.covered)
         cache = self._scheduler.prompt_cache
-        if cache is not None and restore.cells.start < restore.covered:
+        if cache is not None and restore.holds_shared_cells:
             # Kept with cells the holder now shares: those are dropped from the entry, and the
             # rest restored again into the lowest free cells (a restore leaves llama.cpp's search
             # head where it was), not left past the freed ones, which would make every later

@@ -50,6 +50,11 @@ class Restore:
     covered: int
     upto: int
 
+    @property
+    def holds_shared_cells(self) -> bool:
+        """Whether the entry was kept with cells the holder now shares (``PromptCache.narrow``)."""
+        return self.cells.start < self.covered
+
 
 def packed(tokens: Sequence[int]) -> bytes:
     return array("i", tokens).tobytes()
