@@ -2,7 +2,8 @@
 plan, has the runner carry it out, and hands each request its logits.
 
 - Every running request is one sequence of one llama.cpp context; each step decodes one token
-  (or a jump-forward run of forced tokens) of every sequence in a single llama_decode call.
+  (or a jump-forward run of forced tokens) of every sequence in a single llama_decode call
+  (on a CPU, prompt chunks in a second one: ``runner``).
 - Requests join between steps and leave the moment they finish, are cancelled or run out of
   time; each has its own grammar state and random generator.
 - What joins, what is preempted and what goes into a step is the scheduler's decision
@@ -167,7 +168,13 @@ class DecodeLoop:
         if not plan.chunks:
             return
         chunks = [
-            Chunk(work.seq_id, len(work.cached), work.pending[:take], take == len(work.pending))
+            Chunk(
+                work.seq_id,
+                len(work.cached),
+                work.pending[:take],
+                logits=take == len(work.pending),
+                prompt=not work.prompt_evaluated,
+            )
             for work, take in plan.chunks
         ]
         self._use_threads(self._governor.threads_for_next_step())

@@ -149,7 +149,14 @@ class LlamaCppEngine:
                 context_size=self.n_ctx,
                 jump_forward=config.jump_forward,
             ),
-            ModelRunner(self.ctx, config.batch_size, self.tokens.n_vocab, self.threads),
+            ModelRunner(
+                self.ctx,
+                config.batch_size,
+                self.tokens.n_vocab,
+                self.threads,
+                # Measured on the CPU's flash attention only; a GPU keeps one call a step.
+                split_prompt_steps=not self._offloads(config),
+            ),
             max_sequences=config.parallel,
             step_tokens=config.batch_size,
             governor=ThreadGovernor(
@@ -187,10 +194,15 @@ class LlamaCppEngine:
 
     # -- loading -----------------------------------------------------------------------------
 
+    @staticmethod
+    def _offloads(config: LlamaConfig) -> bool:
+        """Whether layers go to a GPU: asked for, and this build can."""
+        return config.gpu_layers != 0 and bool(llama_cpp.llama_supports_gpu_offload())
+
     def _load_model(self, config: LlamaConfig) -> CPointer:
         params = llama_cpp.llama_model_default_params()
         # The loader already chose 0 (with a warning) where this build cannot offload.
-        params.n_gpu_layers = config.gpu_layers if llama_cpp.llama_supports_gpu_offload() else 0
+        params.n_gpu_layers = config.gpu_layers if self._offloads(config) else 0
         _last_llama_error.clear()
         _capture_errors.active = True
         try:

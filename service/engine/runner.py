@@ -23,12 +23,14 @@ CPointer = Any
 @dataclass(frozen=True)
 class Chunk:
     """Tokens of one sequence for the next step, from position ``start``; ``logits``: whether
-    the last one's logits are wanted (it ends what the sequence had pending)."""
+    the last one's logits are wanted (it ends what the sequence had pending); ``prompt``: part
+    of a prompt still being evaluated, not a decoding sequence's next token (or forced run)."""
 
     seq_id: int
     start: int
     tokens: list[int]
     logits: bool
+    prompt: bool = False
 
 
 class CacheFull(Exception):
@@ -36,16 +38,45 @@ class CacheFull(Exception):
 
 
 class ModelRunner:
-    def __init__(self, ctx: CPointer, step_tokens: int, n_vocab: int, threads: int) -> None:
+    """``split_prompt_steps``: a step that carries prompt chunks beside decoding sequences'
+    tokens is two llama_decode calls, the decoding tokens first (see ``decode``)."""
+
+    def __init__(
+        self, ctx: CPointer, step_tokens: int, n_vocab: int, threads: int, split_prompt_steps: bool = False
+    ) -> None:
         self._ctx = ctx
         self._memory = llama_cpp.llama_get_memory(ctx)
         self._n_vocab = n_vocab
         self._batch = llama_cpp.llama_batch_init(step_tokens, 0, 1)
         self.threads = threads
+        self.split_prompt_steps = split_prompt_steps
 
     def decode(self, chunks: list[Chunk]) -> list[np.ndarray | None]:
-        """Evaluate ``chunks`` in one llama_decode; per chunk, its last token's logits (a view
-        valid until the next step) or None. Raises CacheFull when nothing fit."""
+        """Evaluate ``chunks``; per chunk, its last token's logits (valid until the next step)
+        or None. Raises CacheFull when they did not fit, with nothing of them left in the cache.
+
+        With ``split_prompt_steps``, prompt chunks go in a call of their own after the decoding
+        tokens. llama.cpp's CPU flash attention computes a batch's query rows in tiles of 64 and
+        skips only the cells masked for every row of a tile: one row from each of 15 decoding
+        sequences beside a 256-token prompt chunk made that tile attend across the whole pool.
+        Measured on SmolLM2, 15 sequences of 1,130 cells sharing 600 (issue #22): 1.78 s as one
+        call, 1.34 s as two; 1.12 / 0.88 s with 8 decoding, 1.04 / 0.75 s on gemma-3-270m."""
+        decoding = [chunk for chunk in chunks if not chunk.prompt]
+        prompts = [chunk for chunk in chunks if chunk.prompt]
+        if not (self.split_prompt_steps and decoding and prompts):
+            return self._decode_once(chunks)
+        # The next call overwrites llama.cpp's logits: the decoding rows are copied out first.
+        rows = iter([None if row is None else row.copy() for row in self._decode_once(decoding)])
+        try:
+            prompt_rows = iter(self._decode_once(prompts))
+        except CacheFull:
+            for chunk in decoding:
+                self.forget(chunk.seq_id, chunk.start)
+            raise
+        return [next(prompt_rows) if chunk.prompt else next(rows) for chunk in chunks]
+
+    def _decode_once(self, chunks: list[Chunk]) -> list[np.ndarray | None]:
+        """``chunks`` in one llama_decode; llama.cpp leaves nothing of them when it finds no room."""
         outputs = self._fill(chunks)
         status = llama_cpp.llama_decode(self._ctx, self._batch)
         if status == 1:
