@@ -7,6 +7,10 @@ sequence's own. This times the same prompt chunks and decode steps of one sequen
 runner, our context settings) with the pool otherwise empty, and again with one other
 sequence's 512 cells kept past cell 5,000, as a busy service leaves them.
 
+Then a busy pool's mixed step: 15 sequences decoding (600 shared cells and 400 of their own
+each) beside a 256-token prompt chunk, as one llama_decode call and as the runner splits it on
+a CPU (the decoding tokens, then the chunk).
+
     .venv/bin/python -m scripts.kv_span [--model embedded|gemma|PATH] [--repeats 3]
 """
 
@@ -27,6 +31,8 @@ from service.recommend import answer
 SEQUENCE, OTHER = 5, 7
 CHUNK = 512  # the context's batch size
 FAR_CELLS = 10 * CHUNK  # how far the other sequence's last cells lie
+# The mixed step: sequences 1..DECODING decode, the next one evaluates a prompt chunk.
+DECODING, SHARED_CELLS, OWN_CELLS, PROMPT_CHUNK = 15, 600, 400, 256
 
 
 def timed(step: Callable[[], object], repeats: int) -> float:
@@ -71,6 +77,42 @@ def occupy_far_cells(runner: ModelRunner) -> None:
     runner.forget(OTHER, 0, FAR_CELLS)
 
 
+def fill(runner: ModelRunner, seq_id: int, start: int, count: int) -> None:
+    """``count`` cells of ``seq_id`` from ``start``, a batch at a time."""
+    for offset in range(0, count, CHUNK):
+        size = min(CHUNK, count - offset)
+        runner.decode([Chunk(seq_id, start + offset, list(range(3000, 3000 + size)), True, prompt=True)])
+
+
+def measure_mixed_step(runner: ModelRunner, repeats: int) -> dict[str, float]:
+    """Milliseconds of the mixed step as one call and as two (the pool cleared first)."""
+    runner.clear()
+    fill(runner, 0, 0, SHARED_CELLS)
+    for seq_id in range(1, DECODING + 1):
+        runner.copy(0, seq_id, 0, SHARED_CELLS)
+        fill(runner, seq_id, SHARED_CELLS, OWN_CELLS)
+    prompt_seq, end = DECODING + 1, SHARED_CELLS + OWN_CELLS
+    runner.copy(0, prompt_seq, 0, SHARED_CELLS)
+    chunks = [Chunk(seq_id, end, [4000 + seq_id], True) for seq_id in range(1, DECODING + 1)]
+    chunks.append(Chunk(prompt_seq, SHARED_CELLS, list(range(5000, 5000 + PROMPT_CHUNK)), True, prompt=True))
+
+    def step(split: bool) -> Callable[[], object]:
+        def run() -> None:
+            for seq_id in range(1, DECODING + 1):
+                runner.forget(seq_id, end)
+            runner.forget(prompt_seq, SHARED_CELLS)
+            runner.split_prompt_steps = split
+            runner.decode(chunks)
+
+        return run
+
+    one, two = [], []
+    for _ in range(repeats):  # taking turns, so that the machine's drift falls on both
+        one.append(timed(step(False), 1))
+        two.append(timed(step(True), 1))
+    return {"one_call_ms": 1000 * statistics.median(one), "two_calls_ms": 1000 * statistics.median(two)}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="embedded")
@@ -82,11 +124,16 @@ def main() -> int:
         alone = measure(runner, args.repeats)
         occupy_far_cells(runner)
         beside = measure(runner, args.repeats)
+        mixed = measure_mixed_step(runner, args.repeats)
     finally:
         asyncio.run(engine.aclose())
     sys.stdout.write(f"{'':32} {'pool otherwise empty':>22} {'other cells past 5,120':>24} {'×':>6}\n")
     for name, value in alone.items():
         sys.stdout.write(f"{name:32} {value:22.1f} {beside[name]:24.1f} {beside[name] / value:6.2f}\n")
+    sys.stdout.write(
+        f"\n{DECODING} decoding beside a {PROMPT_CHUNK}-token prompt chunk: one call {mixed['one_call_ms']:.0f} ms, "
+        f"two calls {mixed['two_calls_ms']:.0f} ms ({mixed['one_call_ms'] / mixed['two_calls_ms']:.2f}×)\n"
+    )
     return 0
 
 
