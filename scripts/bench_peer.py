@@ -233,7 +233,7 @@ def bench_pair(setup: Setup, runs: int, traffics: list[str], samplings: list[str
             sys.stdout.write(f"{setup.model.name} run {run} {traffic}: prompt reuse {reuse}\n")
             for sampling in samplings:
                 waves += run_peer(setup, traffic, plan, prompts, sampling, slots, tag)
-            _progress(setup.model.name, run, traffic, waves)
+            _progress(setup.model.name, run, traffic, waves, len(setup.sizes))
     return waves
 
 
@@ -313,10 +313,11 @@ def prompt_reuse(waves: list[list[Request]], prompts: dict[int, list[int]]) -> d
     }
 
 
-def _progress(name: str, run: int, traffic: str, waves: list[Wave]) -> None:
-    """One line per server as the run goes: hours of benchmark should show they are moving."""
+def _progress(name: str, run: int, traffic: str, waves: list[Wave], per_run: int) -> None:
+    """One line per server as the run goes: hours of benchmark should show they are moving.
+    ``per_run``: the waves each server measures in a run (one per concurrency)."""
     for server in dict.fromkeys(w.server for w in waves):
-        latest = [w for w in waves if w.traffic == traffic and w.server == server][-4:]
+        latest = [w for w in waves if w.traffic == traffic and w.server == server][-per_run:]
         rates = ", ".join(f"{len(w.streams)}: {w.tokens_per_s:.1f}" for w in latest)
         sys.stdout.write(f"{name} run {run} {traffic} {server}: tokens/s by wave {rates}\n")
     sys.stdout.flush()
