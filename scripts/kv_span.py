@@ -67,21 +67,19 @@ def measure(runner: ModelRunner, repeats: int) -> dict[str, float]:
     }
 
 
-def occupy_far_cells(runner: ModelRunner) -> None:
-    """Fill the pool past FAR_CELLS with another sequence, then free all of it but its last
-    chunk: what finished requests leave behind while one of them still runs."""
-    runner.forget(SEQUENCE)
-    tokens = list(range(2000, 2000 + CHUNK))
-    for start in range(0, FAR_CELLS + CHUNK, CHUNK):
-        runner.decode([Chunk(OTHER, start, tokens, True)])
-    runner.forget(OTHER, 0, FAR_CELLS)
-
-
 def fill(runner: ModelRunner, seq_id: int, start: int, count: int) -> None:
     """``count`` cells of ``seq_id`` from ``start``, a batch at a time."""
     for offset in range(0, count, CHUNK):
         size = min(CHUNK, count - offset)
-        runner.decode([Chunk(seq_id, start + offset, list(range(3000, 3000 + size)), True, prompt=True)])
+        runner.decode([Chunk(seq_id, start + offset, list(range(2000, 2000 + size)), True, prompt=True)])
+
+
+def occupy_far_cells(runner: ModelRunner) -> None:
+    """Fill the pool past FAR_CELLS with another sequence, then free all of it but its last
+    chunk: what finished requests leave behind while one of them still runs."""
+    runner.forget(SEQUENCE)
+    fill(runner, OTHER, 0, FAR_CELLS + CHUNK)
+    runner.forget(OTHER, 0, FAR_CELLS)
 
 
 def measure_mixed_step(runner: ModelRunner, repeats: int) -> dict[str, float]:
