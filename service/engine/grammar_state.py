@@ -7,10 +7,16 @@ the model would (jump-forward). This module adds what the service needs around i
 temperature sampling over the allowed tokens, and the UTF-8 decoder that holds half a character
 back. The decode loop only asks it to ``pick`` a token, ``accept`` one, and ``accept_forced``
 the tokens the grammar leaves no choice about.
+
+``pick`` asks the grammar about one token before it builds the mask, as llama.cpp's own sampler
+does: inside a JSON string nearly every token is allowed, and drawing noise for each of them,
+with the mask unpacked into their ids, took 0.65 ms of a 36 ms step on SmolLM2 (issue #22),
+once per stream per step, with llama.cpp's threads idle meanwhile.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -19,6 +25,11 @@ import numpy as np
 
 from service.engine.base import GenerationFailed
 from service.engine.text import IncompleteText, Utf8PieceDecoder
+
+# A token this many nats (after the temperature) below the most likely one weighs at most e^-20 of
+# it: ``softmax_draw`` reaches such tokens through a rejection step that 49k of them enter with
+# a chance of 1e-4 at most.
+TAIL_NATS = 20.0
 
 
 class Vocabulary(Protocol):
@@ -71,15 +82,20 @@ class GrammarState:
 
     def pick(self, logits: np.ndarray, temperature: float, rng: np.random.Generator) -> int:
         """A token drawn from softmax(logits / temperature) renormalised over the allowed
-        tokens (Gumbel-max: the noisy argmax over them is exactly that draw), or the most
-        likely allowed token at temperature 0."""
+        tokens, or the most likely allowed token at temperature 0.
+
+        First a draw from the whole vocabulary: where the grammar allows it, it is the answer;
+        where not, a second, independent draw over the allowed tokens alone. That is exact:
+        an allowed token t comes out with p(t) + (1 - p(A)) p(t) / p(A) = p(t) / p(A), p(A)
+        being the allowed tokens' share. At temperature 0 the most likely token, when allowed,
+        is also the most likely allowed one."""
+        token = softmax_draw(logits[: self._n_vocab], temperature, rng)
+        if self._matcher.validate_tokens([token]) == 1:
+            return token
         allowed = self.allowed()
         if not len(allowed):
             raise GenerationFailed(f"the grammar allows no token at all ({self._matcher.get_error()})")
-        scores = logits[allowed]
-        if temperature > 0:
-            scores = scores / temperature + rng.gumbel(size=len(allowed))
-        return int(allowed[int(np.argmax(scores))])
+        return int(allowed[softmax_draw(logits[allowed], temperature, rng)])
 
     def accept(self, token: int) -> str:
         """Advance the grammar by ``token``; the whole characters that completes ("" if none)."""
@@ -104,3 +120,42 @@ class GrammarState:
             self._decoder.finish()
         except IncompleteText as exc:
             raise GenerationFailed(str(exc)) from exc
+
+
+def softmax_draw(logits: np.ndarray, temperature: float, rng: np.random.Generator) -> int:
+    """The index of a draw from softmax(logits / temperature), or of the largest at 0.
+
+    Exact without an exponential per entry: the head, the entries within TAIL_NATS of the
+    largest (after the temperature), is drawn from by its running sum; each entry of the tail
+    weighs at most e^-TAIL_NATS of the largest, so the tail's share is bounded by its size
+    times that and reached by rejection: a tail entry chosen uniformly is kept with its weight
+    over the bound, else the draw starts again. Every round gives entry i with probability
+    w_i / M for the same M, so the draw is w_i / sum(w). Exponentials over all 49k entries
+    took 0.12-0.16 ms of a 0.45 ms draw right after a decode step on SmolLM2 (issue #22)."""
+    if temperature <= 0:
+        return int(np.argmax(logits))
+    largest = float(logits.max())
+    threshold = largest - TAIL_NATS * temperature
+    head = np.flatnonzero(logits > threshold)
+    running = np.cumsum(np.exp((logits[head].astype(np.float64) - largest) / temperature))
+    tail = len(logits) - len(head)
+    tail_bound = tail * math.exp(-TAIL_NATS)
+    while True:
+        target = rng.random() * (running[-1] + tail_bound)
+        if target < running[-1] or not tail:
+            return int(head[min(int(np.searchsorted(running, target, side="right")), len(head) - 1)])
+        candidate = _uniform_tail_entry(logits, threshold, tail, rng)
+        if rng.random() < math.exp((float(logits[candidate]) - largest) / temperature + TAIL_NATS):
+            return candidate
+
+
+def _uniform_tail_entry(logits: np.ndarray, threshold: float, tail: int, rng: np.random.Generator) -> int:
+    """One of the ``tail`` entries at or below ``threshold``, each equally likely: by rejection
+    where they are most entries (two tries expected), else among their indices."""
+    if 2 * tail < len(logits):
+        entries = np.flatnonzero(logits <= threshold)
+        return int(entries[rng.integers(len(entries))])
+    while True:
+        candidate = int(rng.integers(len(logits)))
+        if logits[candidate] <= threshold:
+            return candidate
