@@ -8,6 +8,7 @@ import pytest
 from service.engine.scheduler import (
     FIRST_WORDS_STEPS,
     LONG_PROMPT_CHUNK_DIVISOR,
+    LONG_PROMPT_TIME_SHARE,
     PROMPT_HOLDER,
     DropHolder,
     KeepPrompt,
@@ -299,6 +300,33 @@ def test_a_long_prompt_waits_while_another_request_writes_its_first_words() -> N
     while not any(work is amplified for work, _ in plan_of(scheduler, normal)):
         steps_held += 1
     assert steps_held == FIRST_WORDS_STEPS  # held back only while the normal request starts
+
+
+def test_steps_carrying_a_long_prompt_take_at_most_their_share_of_the_time() -> None:
+    """Issue #21 on a slower host, where a step of k tokens costs about k times one: a 16-token
+    chunk of an abuser's prompt in every step made steps last 0.4 s, and a normal answer beside
+    it wrote 3 tokens/s. Timed steps here: 0.04 s decoding alone, 0.28 s with a chunk."""
+    scheduler: Scheduler[str] = Scheduler(max_running=4, step_tokens=512, prefill_tokens=256)
+    scheduler.add(request([1], "normal"))
+    (normal,) = start_all(scheduler)
+    run_prompts(scheduler)
+    past_first_words(scheduler)
+    scheduler.add(ScheduledRequest(prompt=list(range(5000, 9000)), payload="amplified"))
+    start_all(scheduler)
+    elapsed = {"long": 0.0, "decoding only": 0.0}
+    tokens_written = 0
+    for _ in range(400):
+        normal.pending = [7]
+        plan = scheduler.schedule(now=0.0)
+        carried = any(work.payload == "amplified" for work, _ in plan.chunks)
+        step_s = 0.28 if carried else 0.04
+        elapsed["long" if carried else "decoding only"] += step_s
+        tokens_written += 1
+        scheduler.update(plan, step_s)
+    total = sum(elapsed.values())
+    assert elapsed["long"] <= LONG_PROMPT_TIME_SHARE * total + 0.28  # within one step of its share
+    assert elapsed["long"] >= LONG_PROMPT_TIME_SHARE * total - 0.28  # and it does get that share
+    assert tokens_written / total > 2 * (1 / 0.28)  # the reader: over twice a chunk in every step
 
 
 def plan_of(scheduler: Scheduler[str], decoding: ScheduledRequest[str]) -> list[tuple[ScheduledRequest[str], int]]:

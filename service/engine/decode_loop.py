@@ -178,13 +178,14 @@ class DecodeLoop:
             for work, take in plan.chunks
         ]
         self._use_threads(self._governor.threads_for_next_step())
+        decode_started = perf_counter()
         try:
             rows = self._runner.decode(chunks)
         except CacheFull:
             self._make_room()
             return
         # The prompts kept for sharing are copied before any request leaves and frees its cells.
-        for keep in self._scheduler.update(plan):
+        for keep in self._scheduler.update(plan, perf_counter() - decode_started):
             self._runner.forget(PROMPT_HOLDER, keep.common)
             self._runner.copy(keep.source, PROMPT_HOLDER, keep.common, len(keep.prompt))
         for (work, _), logits in zip(plan.chunks, rows, strict=True):

@@ -15,7 +15,8 @@ hands the plan back (``update``); a full cache is ``cache_full``'s (issue #23).
 - A step takes one token (or a jump-forward run) from every decoding request first, then
   prompt chunks in what is left of the batch, so one cold prompt does not stall the others.
   While others decode, a prompt longer than four of the step's prompt shares is evaluated in
-  small chunks, and not at all while another request is writing its first words (issue #21).
+  small chunks, and not at all while another request is writing its first words (issue #21);
+  steps carrying such chunks take at most half the time while anyone decodes.
 - When the cache is full the kept prompt's own tail goes first (what it did not share with the
   prompt kept before it: a request's facts or an abuser's long message, issue #21), then the
   rest of it, then the youngest request is preempted: it keeps its tokens and waits at the head
@@ -49,6 +50,11 @@ LONG_PROMPT_CHUNK_DIVISOR = 16
 # (460-650 tokens on the embedded model), whose reader waited up to 55 s for the first words when
 # it was chunked like one among 16 streams (issue #22).
 LONG_PROMPT_SHARES = 4
+# While others decode, steps carrying a long prompt's chunk take at most this share of the time.
+# Issue #21 on a slower 2-core host, where a step of k tokens costs about k times one: with one
+# 16-token chunk of two abusers' 2,000-token prompts in every step, steps took about 0.4 s and a
+# normal answer wrote 3 tokens/s, past its 120 s deadline (12.6 s alone).
+LONG_PROMPT_TIME_SHARE = 0.5
 
 
 class Phase(StrEnum):
@@ -181,6 +187,10 @@ class Scheduler(Generic[Payload]):
         self._holder_shared = 0
         self._free_ids = deque(range(PROMPT_HOLDER + 1, PROMPT_HOLDER + 1 + max_running))
         self._room_wanted = False  # a request was preempted: admit nobody until one finishes
+        # Seconds of long-prompt steps owed (negative) to the decoding requests; never banked
+        # above 0, so time without long prompts buys them no burst later.
+        self._long_prompt_credit_s = 0.0
+        self._long_prompt_planned = False
 
     # -- joining -----------------------------------------------------------------------------
 
@@ -317,9 +327,10 @@ class Scheduler(Generic[Payload]):
                 started.append(self.place(request))
         return StepPlan(ended, started, self.plan())
 
-    def update(self, plan: StepPlan[Payload]) -> list[KeepPrompt]:
-        """The step of ``plan`` ran: its tokens are in the cache. What the holder is to keep
-        (a prompt that just finished), for the loop to copy before anyone leaves."""
+    def update(self, plan: StepPlan[Payload], step_s: float = 0.0) -> list[KeepPrompt]:
+        """The step of ``plan`` ran, in ``step_s`` seconds: its tokens are in the cache. What the
+        holder is to keep (a prompt that just finished), for the loop to copy before anyone leaves."""
+        self._account_long_prompt_time(step_s)
         kept = (self.evaluated(request, take) for request, take in plan.chunks)
         return [keep for keep in kept if keep is not None]
 
@@ -331,7 +342,8 @@ class Scheduler(Generic[Payload]):
         hold up the first word of a short one. While anyone decodes, a long prompt (more than
         LONG_PROMPT_SHARES times ``prefill_tokens``) advances by a sixteenth of it, one a step, and
         waits while another request is starting (its short prompt, or its first
-        FIRST_WORDS_STEPS steps), for at most that many steps in a row. Issue #21: prompt tokens
+        FIRST_WORDS_STEPS steps), for at most that many steps in a row; steps carrying it take
+        at most LONG_PROMPT_TIME_SHARE of the time (``update`` counts it). Issue #21: prompt tokens
         cost about the same per token in any chunk size, but each one in a step delays every
         decoding request's next token; two abusers' 2,000-token prompts in 256-token chunks made
         each step last a second, and a normal user's first words came after 3.7 s, not 0.3 s."""
@@ -352,6 +364,8 @@ class Scheduler(Generic[Payload]):
         for request in prompts:
             take = min(len(request.pending), budget)
             if decoding and request.long_prompt:
+                if self._long_prompt_credit_s < 0:
+                    continue  # its share of the time is spent: the decoding requests' turn
                 if long_taken or (someone_starting and request.held_back < FIRST_WORDS_STEPS):
                     request.held_back += 1
                     continue
@@ -361,7 +375,16 @@ class Scheduler(Generic[Payload]):
                 request.held_back = 0
                 plan.append((request, take))
                 budget -= take
+        self._long_prompt_planned = long_taken
         return plan
+
+    def _account_long_prompt_time(self, step_s: float) -> None:
+        """Every step earns long prompts LONG_PROMPT_TIME_SHARE of its time; a step that carried
+        one's chunk beside decoding requests spends all of it."""
+        credit = self._long_prompt_credit_s + LONG_PROMPT_TIME_SHARE * step_s
+        if self._long_prompt_planned:
+            credit -= step_s
+        self._long_prompt_credit_s = min(0.0, credit)
 
     def _starting(self, request: ScheduledRequest[Payload]) -> bool:
         """Whether ``request`` is about to write its first words, which a long prompt should
