@@ -176,7 +176,8 @@ class Settings(BaseSettings):
         default="auto",
         description=(
             "Longest generation before 504, in seconds, or auto: the time the longest answer takes at the decode "
-            "speed measured at warm-up, with a quarter to spare, at least 120 s and at most what the relay leaves after "
+            "speed measured at warm-up (with LEAFRESH_PARALLEL=auto, each stream's speed with that many at once), "
+            "with a quarter to spare, at least 120 s and at most what the relay leaves after "
             "the queue (LEAFRESH_RELAY_TIMEOUT_S - LEAFRESH_QUEUE_TIMEOUT_S - 10 s, at most 280 s)."
         ),
     )

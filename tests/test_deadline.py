@@ -7,7 +7,9 @@ import logging
 
 import pytest
 
+from service.engine import GenerationStats
 from service.recommend.deadline import AUTO_MAX_S, AUTO_MIN_S, plan_deadline
+from service.recommend.preflight import initial_timings, measured_timings
 from service.recommend.serving import RecommendationService
 from service.recommend.sessions import MemorySessionStore
 from service.settings import Settings
@@ -75,3 +77,20 @@ def test_auto_parallel_follows_the_warm_up_within_the_context_and_a_number_stays
     small_context = Settings(_env_file=None, context_size=2048)
     assert service_after_warm_up(small_context, step_s=0.001).admission.slots == 4
     assert service_after_warm_up(Settings(_env_file=None, parallel=2), step_s=0.001).admission.slots == 2
+
+
+def test_with_auto_parallelism_the_deadline_follows_each_streams_speed_with_the_engine_full(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """At 30 tokens/s alone the longest answer fits the 120 s floor; with 16 at once at 5
+    tokens/s each, an answer over 600 tokens would not. The grace stays with the speed alone."""
+    engine, settings = ScriptedEngine(), Settings(_env_file=None)
+    alone = GenerationStats(generated_tokens=300, decode_seconds=10.0, decode_steps=300)  # 30 tokens/s
+    before = initial_timings(settings)
+    single = measured_timings(engine, settings, alone, before)
+    with caplog.at_level(logging.INFO, logger="service.recommend.preflight"):
+        full = measured_timings(engine, settings, alone, before, stream_tokens_per_s=5.0)
+    assert single.generation_deadline_s == AUTO_MIN_S
+    assert full.generation_deadline_s == settings.auto_deadline_ceiling_s  # 230 s: 1,680 tokens at 5/s
+    assert full.shutdown_grace_s == single.shutdown_grace_s
+    assert "with the engine full; alone 30.0" in caplog.text and "504" not in caplog.text

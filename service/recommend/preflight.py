@@ -102,7 +102,15 @@ def initial_parallel(settings: Settings) -> int:
     return min(AUTO_PARALLEL_MIN, settings.max_parallel)
 
 
-async def choose_parallel(engine: Engine, alone: GenerationStats, most: int) -> int:
+@dataclass(frozen=True)
+class ParallelChoice:
+    """How many generations run at once, and the decode speed each then gets (tokens/s)."""
+
+    parallel: int
+    stream_tokens_per_s: float
+
+
+async def choose_parallel(engine: Engine, alone: GenerationStats, most: int) -> ParallelChoice:
     """LEAFRESH_PARALLEL=auto (issue #22): as many generations at once as each still streams
     STREAM_FLOOR_TOKENS_S, at least AUTO_PARALLEL_MIN and at most ``most`` (Settings.max_parallel:
     the context's room). Where one stream alone is too slow for more than the least, that is
@@ -125,7 +133,8 @@ async def choose_parallel(engine: Engine, alone: GenerationStats, most: int) -> 
         least,
         most,
     )
-    return chosen
+    # Without a measurement together, the cautious guess: streams share one stream's speed.
+    return ParallelChoice(chosen, min(alone.tokens_per_second, speed / chosen))
 
 
 async def _speed_together(engine: Engine, streams: int) -> float:
@@ -148,26 +157,42 @@ def _sampled_steps_per_s(stats: GenerationStats) -> float:
     return stats.decode_steps / stats.decode_seconds if stats.decode_seconds > 0 else 0.0
 
 
-def measured_timings(engine: Engine, settings: Settings, stats: GenerationStats, before: Timings) -> Timings:
+def measured_timings(
+    engine: Engine,
+    settings: Settings,
+    stats: GenerationStats,
+    before: Timings,
+    stream_tokens_per_s: float | None = None,
+) -> Timings:
     """The automatic deadline and shutdown grace from the speed the warm-up showed; a value the
-    operator set stays."""
+    operator set stays. ``stream_tokens_per_s``: each stream's speed with as many at once as
+    LEAFRESH_PARALLEL=auto chose. The deadline follows that one, since a full engine is when
+    answers are slowest: auto picks as many streams as still get 5 tokens/s each (11-16 on 2
+    cores), and at that speed any answer over 600 tokens would pass the 120 s sized for one
+    stream alone. The shutdown grace keeps the speed alone, as the deployments' termination
+    periods were sized to it (README "Replicas"), and so does the too-slow warning: it is about
+    the machine, not the load."""
     speed = _sampled_steps_per_s(stats)
     per_syllable = engine.count_text_tokens(EXAMPLE_ANSWER) / hangul_syllables(EXAMPLE_ANSWER)
     longest = min(answer.max_tokens(), math.ceil(answer.grammar().max_bytes() / 3 * per_syllable))
-    plan = plan_deadline(
-        speed, round(TYPICAL_ANSWER_SYLLABLES * per_syllable), longest, settings.auto_deadline_ceiling_s
-    )
+    typical = round(TYPICAL_ANSWER_SYLLABLES * per_syllable)
+    plan = plan_deadline(speed, typical, longest, settings.auto_deadline_ceiling_s)
+    loaded = plan
+    if stream_tokens_per_s is not None and 0 < stream_tokens_per_s < stats.tokens_per_second:
+        loaded_speed = speed * stream_tokens_per_s / stats.tokens_per_second
+        loaded = plan_deadline(loaded_speed, typical, longest, settings.auto_deadline_ceiling_s)
     deadline, grace = before.generation_deadline_s, before.shutdown_grace_s
     if settings.generation_timeout_s == "auto":
-        deadline = plan.deadline_s
-        logger.info("generation deadline: %s", plan.describe())
-        if plan.too_slow:
+        deadline = loaded.deadline_s
+        full = "" if loaded is plan else f" (each stream's speed with the engine full; alone {speed:.1f})"
+        logger.info("generation deadline: %s%s", loaded.describe(), full)
+        if plan.typical_answer_s > deadline:
             logger.warning(
                 "on this machine a typical answer takes about %.0f s, past the %.0f s deadline and the Spring relay's "
                 "300 s: most requests will end with 504. Offload layers to a GPU (LEAFRESH_GPU_LAYERS) or serve a "
                 "smaller model",
                 plan.typical_answer_s,
-                plan.deadline_s,
+                deadline,
             )
     if settings.shutdown_grace_s == "auto":
         grace = min(plan.drain_grace_s, deadline)

@@ -118,10 +118,12 @@ class RecommendationService:
 
     async def warm_up(self) -> None:
         stats = await warm_up(self.engine)
-        self.timings = measured_timings(self.engine, self.settings, stats, self.timings)
+        stream_speed = None
         if self.settings.parallel == "auto":
-            parallel = await choose_parallel(self.engine, stats, self.settings.max_parallel)
-            self.admission.resize(parallel, self.settings.client_slots(parallel))
+            choice = await choose_parallel(self.engine, stats, self.settings.max_parallel)
+            self.admission.resize(choice.parallel, self.settings.client_slots(choice.parallel))
+            stream_speed = choice.stream_tokens_per_s
+        self.timings = measured_timings(self.engine, self.settings, stats, self.timings, stream_speed)
         self.metrics.parallel.set(self.admission.slots)
 
     # -- base-info ---------------------------------------------------------------------------
