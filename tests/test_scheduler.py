@@ -246,14 +246,20 @@ def test_a_preempted_request_waiting_for_room_still_meets_its_deadline() -> None
     assert not scheduler.waiting
 
 
-def test_while_others_decode_a_step_carries_a_bounded_prompt_share_shortest_prompt_first() -> None:
-    """Issue #21: two 2,000-token prompts filled every step with 512 prompt tokens, so a normal
-    answer's next word, and a short prompt's first, waited behind them."""
-    scheduler: Scheduler[str] = Scheduler(max_running=4, step_tokens=512, prefill_tokens=96)
-    scheduler.add(request([1], "decoding"))
+def one_decoding(prefill_tokens: int, name: str) -> tuple[Scheduler[str], ScheduledRequest[str]]:
+    """A scheduler with one request writing its answer, past its first words."""
+    scheduler: Scheduler[str] = Scheduler(max_running=4, step_tokens=512, prefill_tokens=prefill_tokens)
+    scheduler.add(request([1], name))
     (decoding,) = start_all(scheduler)
     run_prompts(scheduler)
     past_first_words(scheduler)
+    return scheduler, decoding
+
+
+def test_while_others_decode_a_step_carries_a_bounded_prompt_share_shortest_prompt_first() -> None:
+    """Issue #21: two 2,000-token prompts filled every step with 512 prompt tokens, so a normal
+    answer's next word, and a short prompt's first, waited behind them."""
+    scheduler, decoding = one_decoding(96, "decoding")
     scheduler.add(ScheduledRequest(prompt=list(range(5000, 7000)), payload="amplified"))
     scheduler.add(ScheduledRequest(prompt=list(range(3000, 3500)), payload="second long"))
     scheduler.add(ScheduledRequest(prompt=list(range(9000, 9040)), payload="normal"))
@@ -273,11 +279,7 @@ def test_while_others_decode_a_step_carries_a_bounded_prompt_share_shortest_prom
 def test_a_conversations_history_is_no_long_prompt() -> None:
     """Issue #22: a free-text turn's 650 tokens of history, chunked 16 tokens a step like an
     abuser's message among 16 streams, had its reader wait 22-42 s for the first words."""
-    scheduler: Scheduler[str] = Scheduler(max_running=4, step_tokens=512, prefill_tokens=256)
-    scheduler.add(request([1], "decoding"))
-    (decoding,) = start_all(scheduler)
-    run_prompts(scheduler)
-    past_first_words(scheduler)
+    scheduler, decoding = one_decoding(256, "decoding")
     scheduler.add(ScheduledRequest(prompt=list(range(3000, 3000 + 2 * 256 + 138)), payload="third turn"))
     scheduler.add(request([2], "starting"))
     start_all(scheduler)
@@ -306,11 +308,7 @@ def test_steps_carrying_a_long_prompt_take_at_most_their_share_of_the_time() -> 
     """Issue #21 on a slower host, where a step of k tokens costs about k times one: a 16-token
     chunk of an abuser's prompt in every step made steps last 0.4 s, and a normal answer beside
     it wrote 3 tokens/s. Timed steps here: 0.04 s decoding alone, 0.28 s with a chunk."""
-    scheduler: Scheduler[str] = Scheduler(max_running=4, step_tokens=512, prefill_tokens=256)
-    scheduler.add(request([1], "normal"))
-    (normal,) = start_all(scheduler)
-    run_prompts(scheduler)
-    past_first_words(scheduler)
+    scheduler, normal = one_decoding(256, "normal")
     scheduler.add(ScheduledRequest(prompt=list(range(5000, 9000)), payload="amplified"))
     start_all(scheduler)
     elapsed = {"long": 0.0, "decoding only": 0.0}
