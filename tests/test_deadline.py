@@ -93,4 +93,5 @@ def test_with_auto_parallelism_the_deadline_follows_each_streams_speed_with_the_
     assert single.generation_deadline_s == AUTO_MIN_S
     assert full.generation_deadline_s == settings.auto_deadline_ceiling_s  # 230 s: 1,680 tokens at 5/s
     assert full.shutdown_grace_s == single.shutdown_grace_s
-    assert "with the engine full; alone 30.0" in caplog.text and "504" not in caplog.text
+    assert "decode 30.0 tokens/s alone at warm-up, 5.0 each with the engine full" in caplog.text
+    assert "generation deadline 230 s" in caplog.text and "504" not in caplog.text

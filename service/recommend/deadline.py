@@ -61,6 +61,14 @@ class DeadlinePlan:
             f"tokens) about {self.longest_answer_s:.0f} s; generation deadline {self.deadline_s:.0f} s"
         )
 
+    def describe_with_the_engine_full(self, alone: DeadlinePlan) -> str:
+        """This plan sized at each stream's speed with the engine full, ``alone`` at one stream's."""
+        return (
+            f"decode {alone.tokens_per_s:.1f} tokens/s alone at warm-up, {self.tokens_per_s:.1f} each with the engine "
+            f"full: the longest answer the grammar allows (~{self.longest_answer_tokens} tokens) then takes about "
+            f"{self.longest_answer_s:.0f} s; generation deadline {self.deadline_s:.0f} s"
+        )
+
 
 def plan_deadline(
     tokens_per_s: float, typical_answer_tokens: int, longest_answer_tokens: int, ceiling_s: float = AUTO_MAX_S

@@ -184,8 +184,8 @@ def measured_timings(
     deadline, grace = before.generation_deadline_s, before.shutdown_grace_s
     if settings.generation_timeout_s == "auto":
         deadline = loaded.deadline_s
-        full = "" if loaded is plan else f" (each stream's speed with the engine full; alone {speed:.1f})"
-        logger.info("generation deadline: %s%s", loaded.describe(), full)
+        described = plan.describe() if loaded is plan else loaded.describe_with_the_engine_full(plan)
+        logger.info("generation deadline: %s", described)
         if plan.typical_answer_s > deadline:
             logger.warning(
                 "on this machine a typical answer takes about %.0f s, past the %.0f s deadline and the Spring relay's "
