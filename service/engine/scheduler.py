@@ -190,7 +190,6 @@ class Scheduler(Generic[Payload]):
         # Seconds of long-prompt steps owed (negative) to the decoding requests; never banked
         # above 0, so time without long prompts buys them no burst later.
         self._long_prompt_credit_s = 0.0
-        self._long_prompt_planned = False
 
     # -- joining -----------------------------------------------------------------------------
 
@@ -330,7 +329,7 @@ class Scheduler(Generic[Payload]):
     def update(self, plan: StepPlan[Payload], step_s: float = 0.0) -> list[KeepPrompt]:
         """The step of ``plan`` ran, in ``step_s`` seconds: its tokens are in the cache. What the
         holder is to keep (a prompt that just finished), for the loop to copy before anyone leaves."""
-        self._account_long_prompt_time(step_s)
+        self._account_long_prompt_time(plan, step_s)
         kept = (self.evaluated(request, take) for request, take in plan.chunks)
         return [keep for keep in kept if keep is not None]
 
@@ -375,14 +374,16 @@ class Scheduler(Generic[Payload]):
                 request.held_back = 0
                 plan.append((request, take))
                 budget -= take
-        self._long_prompt_planned = long_taken
         return plan
 
-    def _account_long_prompt_time(self, step_s: float) -> None:
+    def _account_long_prompt_time(self, plan: StepPlan[Payload], step_s: float) -> None:
         """Every step earns long prompts LONG_PROMPT_TIME_SHARE of its time; a step that carried
-        one's chunk beside decoding requests spends all of it."""
+        one's chunk beside decoding requests spends all of it. Read before ``evaluated`` marks
+        a prompt that just finished as evaluated."""
         credit = self._long_prompt_credit_s + LONG_PROMPT_TIME_SHARE * step_s
-        if self._long_prompt_planned:
+        requests = [request for request, _ in plan.chunks]
+        beside_decoding = any(r.prompt_evaluated for r in requests)
+        if beside_decoding and any(r.long_prompt and not r.prompt_evaluated for r in requests):
             credit -= step_s
         self._long_prompt_credit_s = min(0.0, credit)
 
